@@ -1,0 +1,222 @@
+"""The subscriber process's supervisor: one owner for every background loop.
+
+Loops: consume (new changes), reclaim (changes abandoned by dead consumers, plus stream gauges), sweep
+(on a timer, and at once when Redis comes back empty), heartbeat. A Redis error inside a loop is logged,
+counted and retried with backoff: Redis restarting is weather, not a reason to exit. A loop that crashes
+for any other reason is logged and ends the process (exit status 1) so that its supervisor restarts it,
+rather than leaving a subscriber that silently does nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import AuthenticationError, AuthorizationError, RedisError, ResponseError
+
+from publisher.keys import Keys
+from subscriber import metrics
+from subscriber.consumer import BatchOutcome, ChangeConsumer, Entry
+from subscriber.recompute import Recomputer
+from subscriber.registry import Registry
+from subscriber.settings import SubscriberSettings
+from subscriber.store import CacheStore
+from subscriber.sweep import Sweeper, SweepResult
+
+logger = logging.getLogger(__name__)
+
+#: Entries drained into one batch while a backlog exists, so a burst costs one recompute per key.
+MAX_COALESCE = 20_000
+
+
+class Subscriber:
+    def __init__(self, *, redis: Redis, keys: Keys, registry: Registry[Any], ctx: Any, settings: SubscriberSettings):
+        self._redis = redis
+        self._keys = keys
+        self._settings = settings
+        self.store = CacheStore(redis, keys, tombstone_ttl=settings.tombstone_ttl)
+        self.consumer = ChangeConsumer(
+            redis=redis,
+            keys=keys,
+            registry=registry,
+            ctx=ctx,
+            recomputer=Recomputer(self.store, ctx, concurrency=settings.concurrency),
+            group=settings.group,
+            consumer=settings.consumer,
+            batch_size=settings.batch_size,
+            block_ms=settings.block_ms,
+            max_attempts=settings.max_attempts,
+            retry_backoff=settings.retry_backoff,
+            max_deliveries=settings.max_deliveries,
+            reclaim_idle_ms=settings.reclaim_idle_ms,
+            dead_letter_maxlen=settings.dead_letter_maxlen,
+        )
+        self.sweeper = Sweeper(
+            redis=redis,
+            keys=keys,
+            registry=registry,
+            ctx=ctx,
+            store=self.store,
+            # Sweeps get their own, smaller concurrency so they never crowd out change-driven recomputes.
+            recomputer=Recomputer(self.store, ctx, concurrency=settings.sweep_concurrency),
+            owner=settings.consumer,
+            rate=settings.sweep_rate,
+        )
+        self._stop = asyncio.Event()
+        self._sweep_now = asyncio.Event()
+        self.batches = 0
+
+    def stop(self) -> None:
+        """Ask every loop to finish its current step and return (safe to call from a signal handler)."""
+        self._stop.set()
+
+    async def wait_for_redis(self) -> None:
+        delay = 0.1
+        while not self._stop.is_set():
+            try:
+                await self._redis.ping()
+                return
+            except (AuthenticationError, AuthorizationError):
+                raise  # a wrong password does not fix itself: fail at start-up with the reason
+            except (RedisError, OSError) as exc:
+                logger.warning("Redis is not answering (%s); retrying in %.1fs", exc, delay)
+                await self._sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def start(self) -> None:
+        """Connect, make sure the group exists, and warm the cache if it is empty (e.g. Redis restarted)."""
+        await self.wait_for_redis()
+        await self.consumer.ensure_group()
+        if await self.store.is_empty():
+            await self.sweep("warm")
+
+    async def sweep(self, reason: str, *, lock: bool = True) -> SweepResult | None:
+        lock_ttl = max(self._settings.sweep_interval, 60.0)
+        if lock and not await self.sweeper.try_lock(lock_ttl):
+            logger.info("another subscriber is sweeping; skipping this %s sweep", reason)
+            return None
+        try:
+            return await self.sweeper.sweep(reason, should_stop=self._stop.is_set)
+        finally:
+            if lock:
+                await self.sweeper.unlock()
+
+    async def process(self, entries: list[Entry]) -> BatchOutcome:
+        outcome = await self.consumer.process(entries)
+        self.batches += 1
+        return outcome
+
+    async def drain(self) -> int:
+        """Burst mode: apply everything pending and new, then return the number of changes handled."""
+        handled = 0
+        for pending in (True, False):
+            while batch := await self.consumer.read(pending=pending, block=False):
+                handled += (await self.process(batch)).entries
+        return handled
+
+    async def run(self) -> None:
+        """Run until :meth:`stop`; a crashed loop cancels the others and re-raises."""
+        await self.start()
+        loops: dict[str, Callable[[], Awaitable[None]]] = {
+            "consume": self._consume_step,
+            "reclaim": self._reclaim_step,
+            "sweep": self._sweep_step,
+            "heartbeat": self._heartbeat_step,
+        }
+        tasks = {asyncio.create_task(self._loop(name, step), name=name) for name, step in loops.items()}
+        stopping = asyncio.create_task(self._stop.wait())
+        try:
+            done, _ = await asyncio.wait({*tasks, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if stopping not in done:
+                for task in done:
+                    task.result()  # a loop returned or crashed before stop(): surface it
+            _, late = await asyncio.wait(tasks, timeout=self._settings.shutdown_timeout)
+            if late:
+                logger.warning("shutdown: handing back the batch in flight (pending changes are reclaimed later)")
+        finally:
+            stopping.cancel()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, stopping, return_exceptions=True)
+            with contextlib.suppress(RedisError, OSError):
+                await self._redis.delete(self._keys.heartbeat(self._settings.consumer))
+
+    async def _loop(self, name: str, step: Callable[[], Awaitable[None]]) -> None:
+        delay = 0.1
+        while not self._stop.is_set():
+            try:
+                await step()
+                delay = 0.1
+            except ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                # The group is gone: Redis restarted empty (or was flushed). Recreate it and warm the cache.
+                logger.warning("consumer group missing (%s): recreating it and sweeping", exc)
+                await self._recover()
+            except (RedisError, OSError) as exc:
+                metrics.REDIS_ERRORS.labels(name).inc()
+                logger.warning("%s loop: Redis error (%s: %s); retrying in %.1fs", name, type(exc).__name__, exc, delay)
+                await self._sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _recover(self) -> None:
+        try:
+            await self.consumer.ensure_group()
+        except (RedisError, OSError) as exc:
+            logger.warning("could not recreate the consumer group yet: %s", exc)
+            await self._sleep(0.5)
+        self._sweep_now.set()
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), timeout=seconds)
+
+    async def _consume_step(self) -> None:
+        batch = await self.consumer.read(block=True)
+        # Drain a backlog into one batch: coalescing then spans the whole burst, not one read's worth.
+        while len(batch) % self._settings.batch_size == 0 and batch and len(batch) < MAX_COALESCE:
+            more = await self.consumer.read(block=False)
+            if not more:
+                break
+            batch.extend(more)
+        if batch:
+            await self.process(batch)
+
+    async def _reclaim_step(self) -> None:
+        while reclaimed := await self.consumer.reclaim():
+            await self.process(reclaimed)
+        # Our own pending entries (a batch whose processing raised) are retried too.
+        if own := await self.consumer.read(pending=True, block=False):
+            await self.process(own)
+        for group in await self._redis.xinfo_groups(self._keys.changes):
+            if group["name"] in (self.consumer.group, self.consumer.group.encode()):
+                metrics.PENDING.set(group["pending"])
+                if group.get("lag") is not None:  # Redis >= 7 only
+                    metrics.STREAM_LAG.set(group["lag"])
+        await self._sleep(self._settings.reclaim_interval)
+
+    async def _sweep_step(self) -> None:
+        interval = self._settings.sweep_interval
+        if not self._sweep_now.is_set():
+            wait = interval if interval > 0 else 3600.0
+            try:
+                await asyncio.wait_for(self._sweep_now.wait(), timeout=wait)
+            except TimeoutError:
+                if interval <= 0:
+                    return
+        reason = "recover" if self._sweep_now.is_set() else "timer"
+        self._sweep_now.clear()
+        if not self._stop.is_set():
+            await self.sweep(reason)
+
+    async def _heartbeat_step(self) -> None:
+        ttl = self._settings.heartbeat_ttl
+        status = {"consumer": self._settings.consumer, "group": self._settings.group, "at": time.time()}
+        await self._redis.set(self._keys.heartbeat(self._settings.consumer), json.dumps(status), ex=ttl)
+        await self._sleep(ttl / 3)
