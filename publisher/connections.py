@@ -46,17 +46,18 @@ async def _answers(url: str) -> bool:
 
 
 @asynccontextmanager
-async def redis_url_or_embedded(url: str | None, data_dir: Path) -> AsyncIterator[str]:
+async def redis_url_or_embedded(url: str | None, data_dir: Path, *, probe_local: bool = True) -> AsyncIterator[str]:
     """Yield the Redis URL to use.
 
-    ``url`` wins when set. Otherwise a Redis already on localhost:6379 is used, and failing that an
+    ``url`` wins when set. Otherwise a Redis already on localhost:6379 is used (unless ``probe_local`` is
+    false), and failing that an
     embedded ``redis-server`` is started with its data under ``data_dir`` and stopped on exit (unless
     another process of ours started it first, in which case it is shared and left running).
     """
     if url:
         yield url
         return
-    if await _answers(LOCAL_DEFAULT_URL):
+    if probe_local and await _answers(LOCAL_DEFAULT_URL):
         logger.info("REDIS_URL is not set; using the Redis answering on %s", LOCAL_DEFAULT_URL)
         yield LOCAL_DEFAULT_URL
         return

@@ -16,6 +16,10 @@ class RedisSettings(BaseSettings):
     #: ``redis://[user:password@]host:port/db`` or ``rediss://`` for TLS. When unset: localhost:6379 if it
     #: answers, else an embedded redis-server with its data under ``data_dir``.
     redis_url: str | None = Field(default=None, validation_alias=AliasChoices("redis_url", "REDIS_URL"))
+    #: With no REDIS_URL, try a Redis on localhost:6379 before starting an embedded one.
+    probe_local_redis: bool = Field(
+        default=True, validation_alias=AliasChoices("probe_local_redis", "FRESHVIEWS_PROBE_LOCAL_REDIS")
+    )
     key_prefix: str = DEFAULT_PREFIX
     #: Directory for local state (the embedded Redis, the default SQLite file).
     data_dir: Path = Field(default=Path(".data"), validation_alias=AliasChoices("data_dir", "FRESHVIEWS_DATA_DIR"))

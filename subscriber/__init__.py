@@ -5,6 +5,7 @@ from subscriber.registry import (
     Choice,
     Int,
     InvalidKeyError,
+    Missing,
     Registry,
     Slug,
     UnknownViewError,
@@ -12,4 +13,15 @@ from subscriber.registry import (
     ViewKey,
 )
 
-__all__ = ["MISSING", "Choice", "Int", "InvalidKeyError", "Registry", "Slug", "UnknownViewError", "View", "ViewKey"]
+__all__ = [
+    "MISSING",
+    "Choice",
+    "Int",
+    "InvalidKeyError",
+    "Missing",
+    "Registry",
+    "Slug",
+    "UnknownViewError",
+    "View",
+    "ViewKey",
+]

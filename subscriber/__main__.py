@@ -42,7 +42,11 @@ def load_registry(spec: str) -> Registry[Any]:
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
         raise SystemExit(f"--views must look like module:attribute, got {spec!r}")
-    registry = getattr(importlib.import_module(module_name), attr, None)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise SystemExit(f"--views {spec}: cannot import {module_name!r} ({exc})") from None
+    registry = getattr(module, attr, None)
     if not isinstance(registry, Registry):
         raise SystemExit(f"{spec} is not a subscriber.registry.Registry")
     return registry
@@ -68,7 +72,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 async def serve(settings: SubscriberSettings, args: argparse.Namespace) -> int:
     registry = load_registry(settings.views)
-    async with redis_url_or_embedded(settings.redis_url, settings.data_dir) as url:
+    async with redis_url_or_embedded(
+        settings.redis_url, settings.data_dir, probe_local=settings.probe_local_redis
+    ) as url:
         redis = create_redis(url, timeout=settings.redis_timeout)
         try:
             async with registry.open_context() as ctx:

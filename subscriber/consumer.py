@@ -85,6 +85,9 @@ class ChangeConsumer:
         self._retry_backoff = retry_backoff
         self._max_deliveries = max_deliveries
         self._reclaim_idle_ms = reclaim_idle_ms
+        #: Entries being processed by this consumer right now: XAUTOCLAIM hands back our own entries too
+        #: once they are idle long enough, and a slow batch must not be processed twice at once.
+        self._in_flight: set[bytes] = set()
         self._dead_letter_maxlen = dead_letter_maxlen
 
     async def ensure_group(self) -> bool:
@@ -125,7 +128,7 @@ class ChangeConsumer:
         reply = await self._redis.xautoclaim(
             self._keys.changes, self.group, self.consumer, self._reclaim_idle_ms, "0-0", count=self._batch_size
         )
-        entries: list[Entry] = [(i, f) for i, f in reply[1] if i is not None]
+        entries: list[Entry] = [(i, f) for i, f in reply[1] if i is not None and i not in self._in_flight]
         if not entries:
             return []
         metrics.RECLAIMED.inc(len(entries))
@@ -145,6 +148,14 @@ class ChangeConsumer:
 
     async def process(self, entries: Sequence[Entry]) -> BatchOutcome:
         """Apply one batch. Each affected key is recomputed once, however many changes in the batch touch it."""
+        ids = {entry_id for entry_id, _ in entries}
+        self._in_flight |= ids
+        try:
+            return await self._process(entries)
+        finally:
+            self._in_flight -= ids
+
+    async def _process(self, entries: Sequence[Entry]) -> BatchOutcome:
         outcome = BatchOutcome(entries=len(entries))
         dead: list[DeadLetter] = []
         changes: dict[bytes, tuple[Entry, Change]] = {}

@@ -22,12 +22,12 @@ Params = Mapping[str, Any]
 MAX_KEY_LENGTH = 256
 
 
-class _Missing:
+class Missing:
     """Returned by a compute function when the source row is gone: the key is deleted (tombstoned)."""
 
-    _instance: _Missing | None = None
+    _instance: Missing | None = None
 
-    def __new__(cls) -> _Missing:
+    def __new__(cls) -> Missing:
         if cls._instance is None:
             cls._instance = super().__new__(cls)
         return cls._instance
@@ -36,7 +36,7 @@ class _Missing:
         return "MISSING"
 
 
-MISSING = _Missing()
+MISSING = Missing()
 
 
 class UnknownViewError(LookupError):
@@ -65,7 +65,7 @@ class Int(Param):
     maximum: int = 2**53 - 1
 
     def parse(self, text: str) -> int:
-        if not re.fullmatch(r"-?(0|[1-9][0-9]{0,15})", text):
+        if not re.fullmatch(r"0|-?[1-9][0-9]{0,15}", text):
             raise InvalidKeyError(f"{text[:40]!r} is not a canonical integer")
         value = int(text)
         if not self.minimum <= value <= self.maximum:

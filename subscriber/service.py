@@ -70,6 +70,8 @@ class Subscriber:
         )
         self._stop = asyncio.Event()
         self._sweep_now = asyncio.Event()
+        self._sweep_reason = "recover"
+        self._own_pending_unknown = True
         self.batches = 0
 
     def stop(self) -> None:
@@ -89,12 +91,19 @@ class Subscriber:
                 await self._sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    async def start(self) -> None:
-        """Connect, make sure the group exists, and warm the cache if it is empty (e.g. Redis restarted)."""
+    async def start(self, *, warm: bool = True) -> bool:
+        """Connect and make sure the group exists; return whether the cache is empty (e.g. Redis restarted).
+
+        With ``warm`` an empty cache is filled here, before returning; :meth:`run` instead warms it in the
+        sweep loop, so that changes arriving meanwhile are applied at once instead of queueing behind a
+        full sweep (the fence keeps the warm-up from overwriting their newer values).
+        """
         await self.wait_for_redis()
         await self.consumer.ensure_group()
-        if await self.store.is_empty():
+        empty = await self.store.is_empty()
+        if empty and warm:
             await self.sweep("warm")
+        return empty
 
     async def sweep(self, reason: str, *, lock: bool = True) -> SweepResult | None:
         lock_ttl = max(self._settings.sweep_interval, 60.0)
@@ -115,14 +124,26 @@ class Subscriber:
     async def drain(self) -> int:
         """Burst mode: apply everything pending and new, then return the number of changes handled."""
         handled = 0
-        for pending in (True, False):
-            while batch := await self.consumer.read(pending=pending, block=False):
-                handled += (await self.process(batch)).entries
+        while batch := await self.consumer.read(pending=True, block=False):
+            handled += (await self.process(batch)).entries
+        while batch := await self._with_backlog(await self.consumer.read(block=False)):
+            handled += (await self.process(batch)).entries
         return handled
+
+    async def _with_backlog(self, batch: list[Entry]) -> list[Entry]:
+        """Extend a full read with the backlog behind it, so that coalescing spans the whole burst."""
+        while batch and len(batch) % self._settings.batch_size == 0 and len(batch) < MAX_COALESCE:
+            more = await self.consumer.read(block=False)
+            if not more:
+                break
+            batch.extend(more)
+        return batch
 
     async def run(self) -> None:
         """Run until :meth:`stop`; a crashed loop cancels the others and re-raises."""
-        await self.start()
+        if await self.start(warm=False):
+            self._sweep_reason = "warm"
+            self._sweep_now.set()
         loops: dict[str, Callable[[], Awaitable[None]]] = {
             "consume": self._consume_step,
             "reclaim": self._reclaim_step,
@@ -171,6 +192,7 @@ class Subscriber:
         except (RedisError, OSError) as exc:
             logger.warning("could not recreate the consumer group yet: %s", exc)
             await self._sleep(0.5)
+        self._sweep_reason = "recover"
         self._sweep_now.set()
 
     async def _sleep(self, seconds: float) -> None:
@@ -178,22 +200,21 @@ class Subscriber:
             await asyncio.wait_for(self._stop.wait(), timeout=seconds)
 
     async def _consume_step(self) -> None:
-        batch = await self.consumer.read(block=True)
-        # Drain a backlog into one batch: coalescing then spans the whole burst, not one read's worth.
-        while len(batch) % self._settings.batch_size == 0 and batch and len(batch) < MAX_COALESCE:
-            more = await self.consumer.read(block=False)
-            if not more:
-                break
-            batch.extend(more)
-        if batch:
+        # Changes left pending on this consumer (a batch that raised, or this consumer's previous life under
+        # the same name) are retried here, in the one task that reads new ones: a batch between its read and
+        # its acknowledgement is pending too, and no other loop can tell it from a leftover.
+        if self._own_pending_unknown:
+            while own := await self.consumer.read(pending=True, block=False):
+                await self.process(own)
+            self._own_pending_unknown = False
+        if batch := await self._with_backlog(await self.consumer.read(block=True)):
+            self._own_pending_unknown = True  # until process() returns, i.e. the batch is acknowledged
             await self.process(batch)
+            self._own_pending_unknown = False
 
     async def _reclaim_step(self) -> None:
         while reclaimed := await self.consumer.reclaim():
             await self.process(reclaimed)
-        # Our own pending entries (a batch whose processing raised) are retried too.
-        if own := await self.consumer.read(pending=True, block=False):
-            await self.process(own)
         for group in await self._redis.xinfo_groups(self._keys.changes):
             if group["name"] in (self.consumer.group, self.consumer.group.encode()):
                 metrics.PENDING.set(group["pending"])
@@ -201,19 +222,24 @@ class Subscriber:
                     metrics.STREAM_LAG.set(group["lag"])
         await self._sleep(self._settings.reclaim_interval)
 
+    async def _wait_for(self, event: asyncio.Event, seconds: float | None) -> None:
+        """Return when ``event`` is set, :meth:`stop` is called, or ``seconds`` pass, whichever is first."""
+        waiters = {asyncio.create_task(event.wait()), asyncio.create_task(self._stop.wait())}
+        try:
+            await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+            await asyncio.gather(*waiters, return_exceptions=True)
+
     async def _sweep_step(self) -> None:
         interval = self._settings.sweep_interval
-        if not self._sweep_now.is_set():
-            wait = interval if interval > 0 else 3600.0
-            try:
-                await asyncio.wait_for(self._sweep_now.wait(), timeout=wait)
-            except TimeoutError:
-                if interval <= 0:
-                    return
-        reason = "recover" if self._sweep_now.is_set() else "timer"
+        await self._wait_for(self._sweep_now, interval if interval > 0 else None)
+        if self._stop.is_set():
+            return
+        reason = self._sweep_reason if self._sweep_now.is_set() else "timer"
         self._sweep_now.clear()
-        if not self._stop.is_set():
-            await self.sweep(reason)
+        await self.sweep(reason)
 
     async def _heartbeat_step(self) -> None:
         ttl = self._settings.heartbeat_ttl

@@ -1,0 +1,29 @@
+"""Small helpers shared by the subscriber tests (fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from prometheus_client import REGISTRY
+from redis.asyncio import Redis
+
+from publisher.events import Change, Operation
+from publisher.keys import Keys
+from subscriber.service import Subscriber
+
+#: Builds a Subscriber on the test Redis (the ``make_subscriber`` fixture).
+MakeSubscriber = Callable[..., Subscriber]
+
+
+def item_change(item_id: int, op: Operation = Operation.UPDATE, **hints: Any) -> Change:
+    return Change(entity="item", id=str(item_id), op=op, hints=hints)
+
+
+def sample(name: str, labels: dict[str, str] | None = None) -> float:
+    """Current value of a Prometheus sample (0 when the labelled child was never created)."""
+    return REGISTRY.get_sample_value(name, labels or {}) or 0.0
+
+
+async def cached(redis: Redis, keys: Keys, view_key: str) -> dict[bytes, bytes]:
+    return await redis.hgetall(keys.value(view_key))  # type: ignore[no-any-return]
