@@ -19,9 +19,7 @@ from app.settings import AppSettings
 
 logger = logging.getLogger(__name__)
 
-DB_QUERIES = Counter(
-    "freshviews_db_queries_total", "SQL statements the backend sent to its database (backend work)"
-)
+DB_QUERIES = Counter("freshviews_db_queries_total", "SQL statements the backend sent to its database (backend work)")
 
 #: How long an SQLite connection waits for another process's write lock before failing, milliseconds.
 SQLITE_BUSY_TIMEOUT_MS = 10_000

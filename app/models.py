@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Literal, get_args
 
 from sqlalchemy import DateTime, ForeignKey, Index, Integer, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+Region = Literal["na", "sa", "eu", "af", "me", "as", "oc", "an"]
 #: Every region a player can be in; also the parameter values of the ``leaderboard/{region}`` view.
-REGIONS = ("na", "sa", "eu", "af", "me", "as", "oc", "an")
+REGIONS: tuple[Region, ...] = get_args(Region)
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def as_utc(value: datetime) -> datetime:
+    """The same instant, aware, in UTC: SQLite hands back naive datetimes; JSON must not depend on the database."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 class Base(DeclarativeBase):

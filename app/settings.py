@@ -1,4 +1,4 @@
-"""The reference backend's one settings object (environment prefix ``APP_``; ``REDIS_URL``/``DATABASE_URL`` are shared)."""
+"""The reference backend's one settings object (env prefix ``APP_``; ``REDIS_URL``, ``DATABASE_URL`` are shared)."""
 
 from __future__ import annotations
 
