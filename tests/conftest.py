@@ -39,9 +39,7 @@ def redis_server_executable() -> str:
 
 
 @pytest.fixture(scope="session")
-def redis_server(
-    tmp_path_factory: pytest.TempPathFactory, redis_server_executable: str
-) -> Iterator[EmbeddedRedis]:
+def redis_server(tmp_path_factory: pytest.TempPathFactory, redis_server_executable: str) -> Iterator[EmbeddedRedis]:
     """One redis-server for the whole session, on a free port; tests may kill() and restart() it."""
     server = EmbeddedRedis(tmp_path_factory.mktemp("redis"), executable=redis_server_executable)
     server.start()
@@ -153,4 +151,3 @@ def postgres_url() -> Iterator[str]:
         yield _database_url(dsn, name)
     finally:
         _run_in_thread(_drop_database(dsn, name))
-

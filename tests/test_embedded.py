@@ -70,9 +70,7 @@ def test_given_port_is_used(tmp_path: Path, redis_server_executable: str) -> Non
         assert ping(port)
 
 
-def test_second_instance_on_the_same_dir_reuses_the_server(
-    server: EmbeddedRedis, redis_server_executable: str
-) -> None:
+def test_second_instance_on_the_same_dir_reuses_the_server(server: EmbeddedRedis, redis_server_executable: str) -> None:
     server.start()
     other = EmbeddedRedis(server.data_dir, executable=redis_server_executable)
     assert other.start() == server.url
