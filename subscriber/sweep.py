@@ -105,7 +105,8 @@ class Sweeper:
         result = SweepResult(keys=len(targets), reason=reason)
         for names in _chunks(list(targets), self._chunk):
             if should_stop():
-                logger.info("sweep interrupted by shutdown after %d of %d keys", result.unchanged, len(targets))
+                done = result.repaired + result.unchanged + result.fenced + result.failed
+                logger.info("sweep interrupted by shutdown after %d of %d keys", done, len(targets))
                 break
             chunk_started = time.perf_counter()
             outcome = await self._recomputer.run({k: targets[k] for k in names}, trigger="sweep")

@@ -131,9 +131,9 @@ def _database_url(dsn: str, name: str) -> str:
     return urlunsplit(parts._replace(scheme="postgresql+asyncpg", path=f"/{name}"))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def postgres_url() -> Iterator[str]:
-    """SQLAlchemy URL of a fresh, empty database on the server at TEST_POSTGRES_DSN, dropped at the end.
+    """SQLAlchemy URL of a fresh, empty database on the server at TEST_POSTGRES_DSN, dropped after the test.
 
     Skips when that server cannot be reached, unless REQUIRE_POSTGRES=1 (as in CI), where it fails.
     """
