@@ -64,7 +64,8 @@ async def redis_url_or_embedded(url: str | None, data_dir: Path, *, probe_local:
     server = EmbeddedRedis(data_dir / "redis")
     embedded_url = server.start()
     logger.warning(
-        "REDIS_URL is not set and nothing answers on 127.0.0.1:6379: %s embedded redis-server at %s (data in %s)",
+        "REDIS_URL is not set and %s: %s embedded redis-server at %s (data in %s)",
+        "nothing answers on 127.0.0.1:6379" if probe_local else "probing 127.0.0.1:6379 is off",
         "started an" if server.owned else "reusing the",
         embedded_url,
         server.data_dir,
