@@ -10,14 +10,70 @@ from pathlib import Path
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
+from redis.exceptions import AuthenticationError, AuthorizationError, RedisError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.maint_notifications import MaintNotificationsConfig
 
 from publisher.embedded import EmbeddedRedis
 
 logger = logging.getLogger(__name__)
 
 LOCAL_DEFAULT_URL = "redis://127.0.0.1:6379/0"
+
+
+class RedisConfigError(RuntimeError):
+    """Redis is there but refuses us (credentials, TLS): retrying cannot help, so start-up fails with this."""
+
+
+def where(redis: Redis) -> str:
+    """``redis[s]://host:port`` of a client, without credentials, for messages."""
+    pool = redis.connection_pool
+    options = pool.connection_kwargs
+    if "path" in options:
+        return f"unix://{options['path']}"
+    scheme = "rediss" if "SSL" in pool.connection_class.__name__ else "redis"
+    return f"{scheme}://{options.get('host', '?')}:{options.get('port', 6379)}"
+
+
+def config_problem(exc: BaseException, redis: Redis) -> str | None:
+    """The reason ``exc`` will not go away by retrying (None: Redis is merely down or restarting)."""
+    text = str(exc)
+    if isinstance(exc, AuthenticationError | AuthorizationError) or text.startswith(("NOAUTH", "WRONGPASS", "NOPERM")):
+        return f"Redis at {where(redis)} refused our credentials ({text}); check the user and password in REDIS_URL"
+    if isinstance(exc, ResponseError) and "NOPERM" in text:
+        return f"the Redis user in REDIS_URL lacks a permission the product needs ({text})"
+    if "SSL" in text or "certificate" in text:
+        return (
+            f"TLS with Redis at {where(redis)} failed ({text}); for a private CA add ?ssl_ca_certs=/path/ca.pem "
+            "to the rediss:// URL"
+        )
+    return None
+
+
+async def check_redis(redis: Redis, *, attempts: int = 3) -> bool:
+    """Ping Redis once at start-up: True if it answers, False if it is down (weather: callers go on).
+
+    Raises:
+        RedisConfigError: it answers but refuses us (wrong password, TLS mismatch or bad certificate), or
+            it resets every connection, which is what a TLS port does to a plaintext ``redis://`` client.
+    """
+    resets = 0
+    for _ in range(attempts):
+        try:
+            await redis.ping()
+            return True
+        except (RedisError, OSError) as exc:
+            problem = config_problem(exc, redis)
+            if problem is not None:
+                raise RedisConfigError(problem) from exc
+            if "reset by peer" not in str(exc) and "closed by server" not in str(exc):
+                return False
+            resets += 1
+    raise RedisConfigError(
+        f"Redis at {where(redis)} accepts connections and then resets them {resets} times in a row: if it is a "
+        "TLS port, use a rediss:// URL"
+    )
 
 
 def create_redis(url: str, *, timeout: float = 2.0, max_connections: int | None = None) -> Redis:
@@ -32,6 +88,10 @@ def create_redis(url: str, *, timeout: float = 2.0, max_connections: int | None 
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
         max_connections=max_connections,
         client_name=None,
+        # No CLIENT SETINFO and no CLIENT MAINT_NOTIFICATIONS (a Redis Enterprise feature) on each new
+        # connection: round trips fewer, and a least-privilege ACL user needs no CLIENT permission.
+        driver_info=None,
+        maint_notifications_config=MaintNotificationsConfig(enabled=False),
     )
 
 

@@ -4,6 +4,8 @@ Layout (``<p>`` is the configurable prefix, ``fv`` by default)::
 
     <p>:changes                 stream   the change log (XADD by publishers, consumer group of subscribers)
     <p>:dead                    stream   dead letters: changes that could not be applied, with the reason
+    <p>:refresh                 stream   refresh requests from readers that missed: field "key" = one view key
+                                         (consumer group of subscribers, the same group name as the change log)
     <p>:updates                 channel  update notifications "<version> <view key>" after each cache write
     <p>:v:{<view key>}          hash     one cached view: d=JSON bytes, v=version (ETag), h=digest,
                                          f=fence (the ticket of the newest recompute applied)
@@ -37,6 +39,10 @@ class Keys:
     @property
     def dead_letters(self) -> str:
         return f"{self.prefix}:dead"
+
+    @property
+    def refresh(self) -> str:
+        return f"{self.prefix}:refresh"
 
     @property
     def updates_channel(self) -> str:
@@ -76,5 +82,7 @@ DATA = b"d"
 VERSION = b"v"
 DIGEST = b"h"
 FENCE = b"f"
+#: The field of a refresh request naming the view key a reader found missing.
+REFRESH_KEY = b"key"
 #: The digest stored for a deleted view (a tombstone keeps its version so a stale recompute cannot resurrect it).
 TOMBSTONE = b"-"

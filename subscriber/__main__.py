@@ -13,9 +13,9 @@ from dataclasses import asdict
 from typing import Any
 
 from prometheus_client import start_http_server
-from redis.exceptions import AuthenticationError, AuthorizationError, RedisError
+from redis.exceptions import RedisError
 
-from publisher.connections import create_redis, redis_url_or_embedded
+from publisher.connections import RedisConfigError, create_redis, redis_url_or_embedded
 from publisher.keys import Keys
 from subscriber.registry import Registry
 from subscriber.service import Subscriber
@@ -114,8 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = SubscriberSettings(**overrides)
     try:
         return asyncio.run(serve(settings, args))
-    except (AuthenticationError, AuthorizationError) as exc:
-        logger.error("Redis refused our credentials: %s (check REDIS_URL)", exc)
+    except RedisConfigError as exc:
+        logger.error("%s", exc)
         return 2
     except RedisError as exc:
         logger.error("Redis error at start-up: %s", exc)

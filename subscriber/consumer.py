@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -105,6 +106,38 @@ class ChangeConsumer:
         logger.info("created consumer group %r on %s", self.group, self._keys.changes)
         return True
 
+    async def trimmed_gap(self, *, reported: bytes | None = None) -> bytes | None:
+        """The oldest change id kept if the log lost changes this group never read, else None.
+
+        ``reported`` is the id this returned last time: until the group reads past it, the hole is the same
+        one (a consumer that is still behind keeps seeing the log trimmed ahead of it).
+
+        MAXLEN trimming (or a subscriber down for long) can drop changes before the group read them; only a
+        sweep can repair what they would have refreshed. Nothing unread was lost while the oldest entry kept
+        is at or before the group's position. Past it, Redis 7 tells by its counters (changes added minus
+        changes the group read, against the entries kept); Redis 6.2 has no counters, so there any trimming
+        past the position counts as a gap (at worst, one sweep too many). A group that never read anything
+        (position 0-0) is new: an empty cache is warmed anyway.
+        """
+        try:
+            info = await self._redis.xinfo_stream(self._keys.changes)
+            groups = await self._redis.xinfo_groups(self._keys.changes)
+        except ResponseError:
+            return None  # no stream yet
+        group = next((g for g in groups if g["name"] in (self.group, self.group.encode())), None)
+        first = info.get("first-entry")
+        if group is None or not first:
+            return None
+        position = _stream_id(group["last-delivered-id"])
+        if position == (0, 0) or _stream_id(first[0]) <= position:
+            return None
+        if reported is not None and position < _stream_id(reported):
+            return None
+        added, read = info.get("entries-added"), group.get("entries-read")
+        if added is not None and read is not None and int(added) - int(read) <= int(info["length"]):
+            return None
+        return bytes(first[0])
+
     async def read(self, *, pending: bool = False, block: bool = True) -> list[Entry]:
         """The next batch: new changes, or with ``pending`` this consumer's own unacknowledged ones."""
         reply: Any = await self._redis.xreadgroup(
@@ -189,8 +222,9 @@ class ChangeConsumer:
             for keyset in affected.values():
                 todo.update((k, v) for k, v in keyset.items() if k not in done)
             if attempt == 1:
+                touched = Counter(key for keyset in affected.values() for key in keyset)
                 for key in todo:
-                    metrics.CHANGES_PER_RECOMPUTE.observe(sum(key in ks for ks in affected.values()))
+                    metrics.CHANGES_PER_RECOMPUTE.observe(touched[key])
             result = await self._recomputer.run(todo, trigger="change")
             done.update(result.outcomes)
             outcome.written += sum(o is WriteOutcome.WRITTEN for o in result.outcomes.values())
@@ -249,3 +283,9 @@ class ChangeConsumer:
         for letter in dead:
             metrics.DEAD_LETTERS.labels(letter.kind).inc()
             logger.error("dead-lettered change %r (%s): %s", letter.entry[0], letter.kind, letter.reason[:300])
+
+
+def _stream_id(value: bytes | str) -> tuple[int, int]:
+    text = value.decode() if isinstance(value, bytes) else value
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)

@@ -59,25 +59,42 @@ class Recomputer:
         return serialize(value)
 
     async def run(self, keys: Mapping[str, ViewKey], *, trigger: str) -> RecomputeResult:
-        """Recompute ``keys``: one round trip for the tickets, one for the writes, whatever the count."""
+        """Recompute ``keys``: one round trip for the tickets, then the writes as the computes finish.
+
+        Values are written in waves, each holding every compute finished since the last one: a fast view
+        does not wait for the slowest one of its batch (freshness), and cheap views that finish together
+        still share one round trip (throughput).
+        """
         result = RecomputeResult()
         if not keys:
             return result
         names = list(keys)
-        tickets = await self._store.tickets(names)
-        computed = await asyncio.gather(*(self._compute(keys[name], trigger) for name in names), return_exceptions=True)
-        writes: list[PendingWrite] = []
-        for name, ticket, outcome in zip(names, tickets, computed, strict=True):
-            if isinstance(outcome, asyncio.CancelledError):
-                raise outcome
-            if isinstance(outcome, BaseException):
-                result.failures[name] = outcome
-                continue
-            writes.append(PendingWrite(name, ticket, outcome))
+        tickets = dict(zip(names, await self._store.tickets(names), strict=True))
+        tasks = {asyncio.create_task(self._compute(keys[name], trigger)): name for name in names}
+        try:
+            pending: set[asyncio.Task[bytes | None]] = set(tasks)
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                writes: list[PendingWrite] = []
+                for task in done:
+                    name = tasks[task]
+                    if (error := task.exception()) is not None:
+                        result.failures[name] = error
+                    else:
+                        writes.append(PendingWrite(name, tickets[name], task.result()))
+                await self._write(keys, writes, result)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        return result
+
+    async def _write(self, keys: Mapping[str, ViewKey], writes: list[PendingWrite], result: RecomputeResult) -> None:
+        if not writes:
+            return
         for write, written in zip(writes, await self._store.write(writes), strict=True):
             result.outcomes[write.key] = written
             view = keys[write.key].view.name
             metrics.WRITES.labels(view, written.name.lower()).inc()
             if written is WriteOutcome.FENCED:
                 metrics.FENCE_REJECTIONS.labels(view).inc()
-        return result

@@ -1,10 +1,11 @@
 """The subscriber process's supervisor: one owner for every background loop.
 
-Loops: consume (new changes), reclaim (changes abandoned by dead consumers, plus stream gauges), sweep
-(on a timer, and at once when Redis comes back empty), heartbeat. A Redis error inside a loop is logged,
-counted and retried with backoff: Redis restarting is weather, not a reason to exit. A loop that crashes
-for any other reason is logged and ends the process (exit status 1) so that its supervisor restarts it,
-rather than leaving a subscriber that silently does nothing.
+Loops: consume (new changes), refresh (keys readers found missing, see subscriber/refresh.py), reclaim
+(changes abandoned by dead consumers, plus stream gauges), sweep (on a timer, and at once when Redis comes
+back empty), heartbeat. A Redis error inside a loop is logged, counted and retried with backoff: Redis
+restarting is weather, not a reason to exit. A loop that crashes for any other reason is logged and ends the
+process (exit status 1) so that its supervisor restarts it, rather than leaving a subscriber that silently
+does nothing.
 """
 
 from __future__ import annotations
@@ -18,12 +19,14 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import AuthenticationError, AuthorizationError, RedisError, ResponseError
+from redis.exceptions import RedisError, ResponseError
 
+from publisher.connections import check_redis, where
 from publisher.keys import Keys
 from subscriber import metrics
 from subscriber.consumer import BatchOutcome, ChangeConsumer, Entry
 from subscriber.recompute import Recomputer
+from subscriber.refresh import RefreshConsumer
 from subscriber.registry import Registry
 from subscriber.settings import SubscriberSettings
 from subscriber.store import CacheStore
@@ -41,12 +44,14 @@ class Subscriber:
         self._keys = keys
         self._settings = settings
         self.store = CacheStore(redis, keys, tombstone_ttl=settings.tombstone_ttl)
+        # Changes and readers' refresh requests share one bound on recomputes: both land on the same backend.
+        recomputer = Recomputer(self.store, ctx, concurrency=settings.concurrency)
         self.consumer = ChangeConsumer(
             redis=redis,
             keys=keys,
             registry=registry,
             ctx=ctx,
-            recomputer=Recomputer(self.store, ctx, concurrency=settings.concurrency),
+            recomputer=recomputer,
             group=settings.group,
             consumer=settings.consumer,
             batch_size=settings.batch_size,
@@ -56,6 +61,17 @@ class Subscriber:
             max_deliveries=settings.max_deliveries,
             reclaim_idle_ms=settings.reclaim_idle_ms,
             dead_letter_maxlen=settings.dead_letter_maxlen,
+        )
+        self.refresher = RefreshConsumer(
+            redis=redis,
+            keys=keys,
+            registry=registry,
+            store=self.store,
+            recomputer=recomputer,
+            group=settings.group,
+            consumer=settings.consumer,
+            batch_size=settings.batch_size,
+            block_ms=settings.block_ms,
         )
         self.sweeper = Sweeper(
             redis=redis,
@@ -72,6 +88,7 @@ class Subscriber:
         self._sweep_now = asyncio.Event()
         self._sweep_reason = "recover"
         self._own_pending_unknown = True
+        self._gap_seen: bytes | None = None
         self.batches = 0
 
     def stop(self) -> None:
@@ -79,17 +96,15 @@ class Subscriber:
         self._stop.set()
 
     async def wait_for_redis(self) -> None:
+        """Return once Redis answers; raise :class:`RedisConfigError` at once if it refuses us (wrong
+        credentials, TLS mismatch): those do not fix themselves, and a clear error beats a silent retry loop."""
         delay = 0.1
         while not self._stop.is_set():
-            try:
-                await self._redis.ping()
+            if await check_redis(self._redis):
                 return
-            except (AuthenticationError, AuthorizationError):
-                raise  # a wrong password does not fix itself: fail at start-up with the reason
-            except (RedisError, OSError) as exc:
-                logger.warning("Redis is not answering (%s); retrying in %.1fs", exc, delay)
-                await self._sleep(delay)
-                delay = min(delay * 2, 5.0)
+            logger.warning("Redis at %s is not answering; retrying in %.1fs", where(self._redis), delay)
+            await self._sleep(delay)
+            delay = min(delay * 2, 5.0)
 
     async def start(self, *, warm: bool = True) -> bool:
         """Connect and make sure the group exists; return whether the cache is empty (e.g. Redis restarted).
@@ -100,6 +115,7 @@ class Subscriber:
         """
         await self.wait_for_redis()
         await self.consumer.ensure_group()
+        await self.refresher.ensure_group()
         empty = await self.store.is_empty()
         if empty and warm:
             await self.sweep("warm")
@@ -144,8 +160,12 @@ class Subscriber:
         if await self.start(warm=False):
             self._sweep_reason = "warm"
             self._sweep_now.set()
+        else:
+            # Before the consume loop moves the group's position past the hole and hides it.
+            await self._check_gap()
         loops: dict[str, Callable[[], Awaitable[None]]] = {
             "consume": self._consume_step,
+            "refresh": self.refresher.step,
             "reclaim": self._reclaim_step,
             "sweep": self._sweep_step,
             "heartbeat": self._heartbeat_step,
@@ -220,7 +240,18 @@ class Subscriber:
                 metrics.PENDING.set(group["pending"])
                 if group.get("lag") is not None:  # Redis >= 7 only
                     metrics.STREAM_LAG.set(group["lag"])
+        await self._check_gap()
         await self._sleep(self._settings.reclaim_interval)
+
+    async def _check_gap(self) -> None:
+        gap = await self.consumer.trimmed_gap(reported=self._gap_seen)
+        if gap is None:
+            return
+        self._gap_seen = gap
+        metrics.LOG_GAPS.inc()
+        logger.warning("the change log was trimmed past changes never read (oldest kept: %r): sweeping", gap)
+        self._sweep_reason = "gap"
+        self._sweep_now.set()
 
     async def _wait_for(self, event: asyncio.Event, seconds: float | None) -> None:
         """Return when ``event`` is set, :meth:`stop` is called, or ``seconds`` pass, whichever is first."""

@@ -27,8 +27,10 @@ class SubscriberSettings(RedisSettings):
     block_ms: int = Field(default=1000, ge=1)
     #: Recomputes running at once (protects a small backend from bursts).
     concurrency: int = Field(default=4, ge=1, le=256)
-    #: Seconds between sweeps; 0 disables the timer (``sweep --once`` still works).
-    sweep_interval: float = Field(default=60.0, ge=0)
+    #: Seconds between sweeps; 0 disables the timer (``sweep --once`` still works). This bounds how long a
+    #: change that never reached the log (Redis down at commit) stays visible. A sweep recomputes every key,
+    #: so a short interval costs what polling would: 5 minutes keeps it a few percent of a 10 s warmer.
+    sweep_interval: float = Field(default=300.0, ge=0)
     #: Recomputes running at once during a sweep, and the most keys it recomputes per second.
     sweep_concurrency: int = Field(default=2, ge=1, le=64)
     sweep_rate: float = Field(default=1000.0, gt=0)

@@ -43,6 +43,8 @@ class SweepResult:
     failed: int = 0
     seconds: float = 0.0
     reason: str = ""
+    #: Stopped by shutdown before every key was visited.
+    interrupted: bool = False
 
 
 def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
@@ -105,8 +107,7 @@ class Sweeper:
         result = SweepResult(keys=len(targets), reason=reason)
         for names in _chunks(list(targets), self._chunk):
             if should_stop():
-                done = result.repaired + result.unchanged + result.fenced + result.failed
-                logger.info("sweep interrupted by shutdown after %d of %d keys", done, len(targets))
+                result.interrupted = True
                 break
             chunk_started = time.perf_counter()
             outcome = await self._recomputer.run({k: targets[k] for k in names}, trigger="sweep")
@@ -123,15 +124,16 @@ class Sweeper:
             # Pacing: a chunk never goes faster than `rate` keys per second.
             await asyncio.sleep(max(0.0, len(names) / self._rate - (time.perf_counter() - chunk_started)))
         result.seconds = round(time.perf_counter() - started, 3)
-        metrics.SWEEPS.labels(reason).inc()
-        metrics.SWEEP_SECONDS.observe(result.seconds)
+        if not result.interrupted:
+            metrics.SWEEPS.labels(reason).inc()
+            metrics.SWEEP_SECONDS.observe(result.seconds)
         await self._redis.hset(
             self._keys.sweep, mapping={**{k: str(v) for k, v in asdict(result).items()}, "at": str(time.time())}
         )
         log = logger.warning if result.repaired or result.failed else logger.info
         log(
-            "sweep (%s): %d keys, %d repaired (%d deleted), %d unchanged, %d fenced, %d failed in %.2fs",
-            reason, result.keys, result.repaired, result.deleted, result.unchanged, result.fenced, result.failed,
-            result.seconds,
+            "sweep (%s)%s: %d keys, %d repaired (%d deleted), %d unchanged, %d fenced, %d failed in %.2fs",
+            reason, " interrupted by shutdown" if result.interrupted else "", result.keys, result.repaired,
+            result.deleted, result.unchanged, result.fenced, result.failed, result.seconds,
         )  # fmt: skip
         return result
