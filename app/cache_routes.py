@@ -1,40 +1,72 @@
 """The read side a user mounts in their own FastAPI app: cached views served straight from Redis.
 
-``GET /cache/{key}`` returns the stored JSON bytes unchanged (never decoded and re-encoded), with a strong
-ETag made from the key's version and a Cache-Control set per view; ``If-None-Match`` with the current
-version costs one small Redis read and answers 304. A key is parsed against the registry first, so
-nothing a client sends becomes a raw Redis key.
+Routes (under ``prefix``, ``/cache`` by default), in this order so that the fixed paths win over the key path:
 
-The lifespan must put a ``redis.asyncio.Redis`` as ``redis`` and a :class:`publisher.keys.Keys` as ``keys``
-in the app state (``yield {"redis": ..., "keys": ...}``).
+- ``GET /cache/stream?key=...`` the SSE stream (app/stream.py);
+- ``GET /cache/views`` the view templates;
+- ``GET /cache?key=a&key=b`` several keys in one Redis round trip, each answered on its own;
+- ``GET /cache/{key}`` one key: the stored JSON bytes unchanged (never decoded and re-encoded), a strong ETag
+  made from the key's version and a Cache-Control set per view; ``If-None-Match`` with the current version
+  costs one small Redis read (HGET of the version) and answers 304. ``?min_version=`` waits (briefly) until
+  the cache reflects a write the reader made (see :func:`parse_min_version`).
+
+A key is parsed against the registry first, so nothing a client sends becomes a raw Redis key. A valid key
+that is not cached is requested from the subscribers (app/refresh.py), never computed here. Redis failing or
+slow gives 503 with Retry-After within ``cache_redis_timeout``, never a 500 or a hang.
+
+The lifespan must put a :class:`app.serving.Serving` in the app state as ``serving``.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import json
+import re
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request, Response
-from fastapi.responses import JSONResponse
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from fastapi import APIRouter, Query, Request, Response
+from starlette.convertors import PathConvertor, register_url_convertor
 
-from publisher.keys import DATA, TOMBSTONE, VERSION, Keys
-from publisher.keys import DIGEST as DIGEST_FIELD
+from app.hub import Snapshot, read_snapshots
+from app.refresh import TooManyMissesError, VersionNotReachedError
+from app.serving import CacheUnavailableError, Serving, error, get_serving
+from app.stream import stream_router
+from publisher.keys import VERSION
 from subscriber.registry import InvalidKeyError, Registry, UnknownViewError, View, ViewKey
 
-RETRY_AFTER_SECONDS = 1
+#: Path segments of the router's own routes: no view may be named like them.
+RESERVED_NAMES = frozenset({"views", "stream"})
+
+_VERSION = re.compile(r"0|[1-9][0-9]{0,18}")
+_CHANGE_ID = re.compile(r"(0|[1-9][0-9]{0,15})-(0|[1-9][0-9]{0,19})")
 
 
-def _error(status: int, detail: str, *, retry: bool = False) -> JSONResponse:
-    headers = {"Retry-After": str(RETRY_AFTER_SECONDS), "Cache-Control": "no-store"} if retry else None
-    return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+def parse_min_version(text: str) -> int:
+    """The version ``?min_version=`` asks for: a version (integer µs of the Redis clock), or a change id.
+
+    The contract: the answer reflects a recompute whose ticket is at least V. Tickets are
+    ``max(Redis TIME µs, fence + 1)`` taken before the source is read, so with V a Redis TIME taken after the
+    commit, the answer includes the write. A write route returns the ids of the changes it published
+    (``<ms>-<seq>``, stamped by Redis's clock when appended, after the commit); a change id means
+    V = ``ms * 1000``, the start of that millisecond. That bound is exact to the millisecond only: a recompute
+    that took its ticket in the same millisecond as the append but before it (and read the source before the
+    commit) would also pass. Waiting for the next millisecond instead would wrongly time out whenever the
+    subscriber recomputes within the millisecond of the append, which is the common case. A write route that
+    wants the exact bound returns the Redis TIME read atomically with its XADD and readers pass that as V.
+    """
+    if _VERSION.fullmatch(text):
+        return int(text)
+    match = _CHANGE_ID.fullmatch(text)
+    if match:
+        return int(match.group(1)) * 1000
+    raise ValueError("min_version must be a version (an integer) or a change id like 1732870000000-0")
 
 
 def _cache_control(view: View[Any]) -> str:
     return f"public, max-age={view.max_age}, stale-while-revalidate={view.stale_while_revalidate}"
 
 
-def _etag(version: bytes | str | None) -> str:
+def _etag(version: bytes | str | int) -> str:
     text = version.decode() if isinstance(version, bytes) else str(version)
     return f'"{text}"'
 
@@ -45,23 +77,30 @@ def _matches(if_none_match: str, etag: str) -> bool:
     return "*" in tags or etag in tags or f"W/{etag}" in tags
 
 
-def _state(request: Request) -> tuple[Redis, Keys]:
-    return request.state.redis, request.state.keys
+class AnyKeyConvertor(PathConvertor):
+    """Like ``path``, but also matching line breaks: a key with CR/LF must reach the registry and get its 422,
+    not fall through every route to a bare 404."""
+
+    regex = r"[\s\S]*"
 
 
 def cache_router(registry: Registry[Any], *, prefix: str = "/cache") -> APIRouter:
     """Routes that serve ``registry``'s views from Redis. Mount with ``app.include_router(cache_router(r))``."""
+    register_url_convertor("anykey", AnyKeyConvertor())
     router = APIRouter(prefix=prefix, tags=["cache"])
-    if any(view.name == "views" for view in registry.views):
-        raise ValueError("'views' is reserved for the listing route; rename that view")
+    clashes = sorted(view.name for view in registry.views if view.name in RESERVED_NAMES)
+    if clashes:
+        raise ValueError(f"view names {clashes} are reserved for the cache routes; rename them")
+    # Before the key path below, which would otherwise take /stream and /views as keys.
+    router.include_router(stream_router(registry))
 
-    def parse(key: str) -> ViewKey | JSONResponse:
+    def parse(key: str) -> ViewKey | tuple[int, str]:
         try:
             return registry.parse(key)
         except UnknownViewError as exc:
-            return _error(404, str(exc))
+            return 404, str(exc)
         except InvalidKeyError as exc:
-            return _error(422, str(exc))
+            return 422, str(exc)
 
     @router.get("/views", summary="The cached view templates, with an example key each")
     async def list_views() -> list[dict[str, Any]]:
@@ -78,34 +117,125 @@ def cache_router(registry: Registry[Any], *, prefix: str = "/cache") -> APIRoute
         ]
 
     @router.get(
-        "/{key:path}",
+        "",
+        summary="Several cached views in one Redis round trip",
+        description='Answers `{"items": {"<key>": {"status": 200, "version": V, "data": ...} | {"status": 4xx/503, '
+        '"detail": ...}}}`: every key on its own, so a bad key does not fail the others.',
+        responses={400: {}, 503: {}},
+    )
+    async def read_many(request: Request, key: Annotated[list[str], Query(min_length=1)]) -> Response:
+        serving = get_serving(request)
+        limit = serving.settings.cache_batch_max_keys
+        if len(key) > limit:
+            return error(serving, 400, f"at most {limit} keys per request, got {len(key)}")
+        requested = list(dict.fromkeys(key))  # duplicates answered once, in the order first asked
+        answers: dict[str, bytes] = {}
+        valid: dict[str, ViewKey] = {}
+        for text in requested:
+            parsed = parse(text)
+            if isinstance(parsed, ViewKey):
+                valid[text] = parsed
+            else:
+                answers[text] = _item_error(*parsed)
+        try:
+            async with serving.deadline():
+                found = await read_snapshots(serving.redis, serving.keys, [p.key for p in valid.values()])
+            snapshots = dict(zip(valid, found, strict=True))
+            missing = [text for text, snapshot in snapshots.items() if snapshot is None]
+            # The waits overlap: a batch with several misses waits about one miss_wait, not one per key.
+            fetched = await asyncio.gather(
+                *(_fetch_missing(serving, valid[text].key) for text in missing), return_exceptions=True
+            )
+            for text, outcome in zip(missing, fetched, strict=True):
+                if isinstance(outcome, BaseException):
+                    raise outcome
+                snapshots[text] = outcome
+        except CacheUnavailableError as exc:
+            return error(serving, 503, str(exc), retry=True)
+        for text, snapshot in snapshots.items():
+            answers[text] = _item(snapshot, valid[text].key)
+        body = b",".join(json.dumps(text).encode() + b":" + answers[text] for text in requested)
+        ages = [p.view.max_age for p in valid.values()] or [0]
+        return Response(
+            content=b'{"items":{' + body + b"}}",
+            media_type="application/json",
+            # The shortest max-age of the views asked for: no key is served staler than its own view allows.
+            headers={"Cache-Control": f"public, max-age={min(ages)}"},
+        )
+
+    @router.get(
+        "/{key:anykey}",
         summary="One cached view, as stored",
         responses={304: {"description": "Not modified"}, 404: {}, 422: {}, 503: {}},
     )
-    async def read(key: str, request: Request) -> Response:
+    async def read(
+        key: str, request: Request, min_version: Annotated[str | None, Query(max_length=40)] = None
+    ) -> Response:
+        serving = get_serving(request)
         parsed = parse(key)
-        if isinstance(parsed, JSONResponse):
-            return parsed
-        redis, keys = _state(request)
-        redis_key = keys.value(parsed.key)
+        if not isinstance(parsed, ViewKey):
+            return error(serving, *parsed)
+        wanted: int | None = None
+        if min_version is not None:
+            try:
+                wanted = parse_min_version(min_version)
+            except ValueError as exc:
+                return error(serving, 422, str(exc))
         cache_control = _cache_control(parsed.view)
         if_none_match = request.headers.get("if-none-match")
         try:
-            if if_none_match:
-                version = await redis.hget(redis_key, VERSION)
-                if version is not None and _matches(if_none_match, _etag(version)):
-                    return Response(status_code=304, headers={"ETag": _etag(version), "Cache-Control": cache_control})
-            data, version, digest = await redis.hmget(redis_key, [DATA, VERSION, DIGEST_FIELD])
-        except (RedisError, OSError) as exc:
-            return _error(503, f"cache unavailable: {type(exc).__name__}", retry=True)
-        if data is None:
-            if digest == TOMBSTONE:
-                return _error(404, f"{parsed.key!r} no longer exists")
-            return _error(503, f"{parsed.key!r} is not cached yet", retry=True)
+            if wanted is None:
+                if if_none_match:
+                    async with serving.deadline():
+                        version = await serving.redis.hget(serving.keys.value(parsed.key), VERSION)
+                    if version is not None and _matches(if_none_match, _etag(version)):
+                        return _not_modified(version, cache_control)
+                async with serving.deadline():
+                    snapshot = (await read_snapshots(serving.redis, serving.keys, [parsed.key]))[0]
+                if snapshot is None:
+                    snapshot = await _fetch_missing(serving, parsed.key)
+            else:
+                snapshot = await serving.refresher.wait_for_version(parsed.key, wanted)
+        except CacheUnavailableError as exc:
+            return error(serving, 503, str(exc), retry=True)
+        except TooManyMissesError as exc:
+            return error(serving, 503, f"{parsed.key!r} is not cached yet and {exc}", retry=True)
+        except VersionNotReachedError as exc:
+            return error(serving, 503, str(exc), retry=True)
+        if snapshot is None:
+            return error(serving, 503, f"{parsed.key!r} is not cached yet; it was requested", retry=True)
+        if snapshot.data is None:
+            return error(serving, 404, f"{parsed.key!r} no longer exists")
+        if if_none_match and _matches(if_none_match, _etag(snapshot.version)):
+            return _not_modified(snapshot.version, cache_control)
         return Response(
-            content=data,
+            content=snapshot.data,
             media_type="application/json",
-            headers={"ETag": _etag(version), "Cache-Control": cache_control},
+            headers={"ETag": _etag(snapshot.version), "Cache-Control": cache_control},
         )
 
     return router
+
+
+async def _fetch_missing(serving: Serving, view_key: str) -> Snapshot | None:
+    try:
+        return await serving.refresher.fetch(view_key)
+    except TooManyMissesError:
+        return None
+
+
+def _not_modified(version: bytes | str | int, cache_control: str) -> Response:
+    return Response(status_code=304, headers={"ETag": _etag(version), "Cache-Control": cache_control})
+
+
+def _item_error(status: int, detail: str) -> bytes:
+    return json.dumps({"status": status, "detail": detail}).encode()
+
+
+def _item(snapshot: Snapshot | None, view_key: str) -> bytes:
+    if snapshot is None:
+        return _item_error(503, f"{view_key!r} is not cached yet; it was requested")
+    if snapshot.data is None:
+        return _item_error(404, f"{view_key!r} no longer exists")
+    # The stored bytes go in as they are: concatenated, never parsed.
+    return b'{"status":200,"version":%d,"data":%b}' % (snapshot.version, snapshot.data)

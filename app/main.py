@@ -18,11 +18,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api import api_router
 from app.cache_routes import cache_router
+from app.dashboard import dashboard_router
 from app.db import open_database
 from app.seed import ensure_seeded
+from app.serving import Serving
 from app.settings import AppSettings
 from app.views import registry
-from publisher.connections import create_redis, redis_url_or_embedded
+from publisher.connections import check_redis, create_redis, redis_url_or_embedded, where
 from publisher.keys import Keys
 from publisher.publish import Publisher
 
@@ -47,6 +49,10 @@ def create_app(settings: AppSettings | None = None) -> FastAPI:
             )
             redis = create_redis(redis_url, timeout=settings.redis_timeout)
             stack.push_async_callback(redis.aclose)
+            # Refuse to start on what retrying cannot fix (credentials, TLS). A Redis that is merely down is no
+            # reason to refuse writes: they succeed, their publishes fail and are counted, the sweep repairs.
+            if not await check_redis(redis):
+                logger.warning("Redis at %s is not answering; writes go on without publishing", where(redis))
             keys = Keys(settings.key_prefix)
             publisher = Publisher(
                 redis,
@@ -55,12 +61,14 @@ def create_app(settings: AppSettings | None = None) -> FastAPI:
                 timeout=settings.publish_timeout,
                 enabled=settings.publish_enabled,
             )
+            serving = await stack.enter_async_context(Serving(redis=redis, keys=keys, settings=settings))
             logger.info("scoreboard backend ready (database %s, change log %s)", db.dialect, keys.changes)
             yield {
                 "db": db,
                 "redis": redis,
                 "keys": keys,
                 "publisher": publisher,
+                "serving": serving,
                 "registry": registry,
                 "settings": settings,
             }
@@ -71,12 +79,15 @@ def create_app(settings: AppSettings | None = None) -> FastAPI:
     app.add_exception_handler(DBAPIError, _database_unavailable)
     app.include_router(api_router())
     app.include_router(cache_router(registry))
+    app.include_router(dashboard_router())
 
     @app.get("/healthz", tags=["ops"])
     async def healthz(request: Request) -> JSONResponse:
         checks = {
             "database": await _check(request.state.db.ping(), SQLAlchemyError),
             "redis": await _check(request.state.redis.ping(), RedisError),
+            # The one subscription every SSE stream and waiting reader of this process depends on.
+            "updates": request.state.serving.hub.health(),
         }
         healthy = all(value == "ok" for value in checks.values())
         return JSONResponse(

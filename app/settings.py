@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
+from app.serving import ServingSettings
 from publisher.settings import RedisSettings
 
 #: What a user may write in DATABASE_URL, and the async driver URL SQLAlchemy gets instead.
@@ -17,8 +18,11 @@ _SCHEMES = {
 }
 
 
-class AppSettings(RedisSettings):
-    """Settings of the scoreboard backend, the simulator and the demo; read once at the edge and passed down."""
+class AppSettings(ServingSettings, RedisSettings):
+    """Settings of the scoreboard backend, the simulator and the demo; read once at the edge and passed down.
+
+    The read routes' limits and timeouts (``APP_CACHE_*``, ``APP_SSE_*``) come from :class:`ServingSettings`.
+    """
 
     model_config = SettingsConfigDict(env_prefix="APP_", extra="ignore")
 

@@ -13,7 +13,7 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from app import views
+from app import ranking, views
 from app.db import Database
 from app.views import Leaderboard, PlayerDetail, compute_leaderboard, compute_player, registry
 from publisher.events import Change, Operation, decode
@@ -26,7 +26,7 @@ GONE = "<missing>"
 @pytest.fixture(autouse=True)
 def small_rank_cut(monkeypatch: pytest.MonkeyPatch) -> None:
     # The small database has ~15 players in its biggest region: a cut at 5 makes the top-N logic matter.
-    monkeypatch.setattr(views, "RANKED", 5)
+    monkeypatch.setattr(ranking, "RANKED", 5)
 
 
 async def snapshot(db: Database) -> dict[str, str]:

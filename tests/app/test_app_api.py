@@ -246,7 +246,10 @@ async def test_naive_routes_reject_bad_or_missing_keys(client: httpx.AsyncClient
 
 async def test_health_and_metrics(client: httpx.AsyncClient) -> None:
     health = await client.get("/healthz")
-    assert (health.status_code, health.json()) == (200, {"status": "ok", "database": "ok", "redis": "ok"})
+    assert (health.status_code, health.json()) == (
+        200,
+        {"status": "ok", "database": "ok", "redis": "ok", "updates": "ok"},
+    )
     await client.get("/api/stats/global")
     metrics = await client.get("/metrics")
     assert metrics.status_code == 200

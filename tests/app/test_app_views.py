@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from app import views
+from app import ranking, views
 from app.db import Database, open_database
 from app.models import REGIONS, Player, Score, Team
 from app.seed import ensure_seeded
@@ -103,7 +103,7 @@ async def test_player_page(db: Database) -> None:
 
 
 async def test_rank_shows_only_within_the_regions_top(db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(views, "RANKED", 2)
+    monkeypatch.setattr(ranking, "RANKED", 2)
     raw = await read_raw(db)
     region = max(REGIONS, key=lambda r: sum(p.region == r for p in raw.players.values()))
     for player_id in [p.id for p in raw.players.values() if p.region == region]:

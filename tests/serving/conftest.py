@@ -1,0 +1,83 @@
+"""Fixtures of the serving tests: the read routes in a minimal app on the session Redis, and a subscriber."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from typing import Any
+
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+from fastapi import FastAPI
+from redis.asyncio import Redis
+from serving_support import FAST, OpenClient, StartSubscriber, build_app
+from serving_views import World, registry, seeded_world
+
+from app.serving import ServingSettings
+from publisher.keys import Keys
+from subscriber.service import Subscriber
+from subscriber.settings import SubscriberSettings
+
+
+@pytest.fixture
+def keys() -> Keys:
+    return Keys()
+
+
+@pytest.fixture
+def world() -> World:
+    return seeded_world()
+
+
+@pytest.fixture
+async def stack() -> AsyncIterator[AsyncExitStack]:
+    async with AsyncExitStack() as stack:
+        yield stack
+
+
+@pytest.fixture
+def open_client(stack: AsyncExitStack, redis_url: str) -> OpenClient:
+    """``await open_client(url=..., **settings)``: the app started over ASGI (no sockets) and an httpx client."""
+
+    async def open_(*, url: str | None = None, **overrides: Any) -> tuple[httpx.AsyncClient, FastAPI]:
+        app = build_app(registry, url or redis_url, ServingSettings(**{**FAST, **overrides}))
+        manager = await stack.enter_async_context(LifespanManager(app, startup_timeout=10, shutdown_timeout=10))
+        client = await stack.enter_async_context(
+            httpx.AsyncClient(transport=httpx.ASGITransport(manager.app), base_url="http://test", timeout=10)
+        )
+        return client, app
+
+    return open_
+
+
+@pytest.fixture
+def start_subscriber(stack: AsyncExitStack, redis_url: str, keys: Keys, world: World) -> StartSubscriber:
+    """Run a real subscriber (all its loops) on the session Redis for ``world``; stopped at the end of the test."""
+
+    async def start(**overrides: Any) -> Subscriber:
+        client = Redis.from_url(redis_url)
+        options: dict[str, Any] = {
+            "redis_url": redis_url,
+            "consumer": "serving-tests",
+            "sweep_interval": 0,
+            "metrics_port": 0,
+            "block_ms": 50,
+            **overrides,
+        }
+        subscriber = Subscriber(
+            redis=client, keys=keys, registry=registry, ctx=world, settings=SubscriberSettings(**options)
+        )
+        task = asyncio.create_task(subscriber.run())
+
+        async def stop() -> None:
+            subscriber.stop()
+            await asyncio.wait_for(task, 10)
+            await client.aclose()
+
+        stack.push_async_callback(stop)
+        await subscriber.wait_for_redis()
+        return subscriber
+
+    return start

@@ -1,0 +1,39 @@
+"""The read side's settings: part of AppSettings (env prefix APP_), validated, and checked against the client."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+from redis.asyncio import Redis
+
+from app.serving import Serving, ServingSettings
+from app.settings import AppSettings
+from publisher.keys import Keys
+
+
+def test_the_app_settings_carry_the_read_side_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("APP_SSE_MAX_STREAMS", "7")
+    monkeypatch.setenv("APP_CACHE_MISS_WAIT", "0.25")
+    monkeypatch.setenv("APP_CACHE_BATCH_MAX_KEYS", "12")
+    settings = AppSettings()
+    assert isinstance(settings, ServingSettings)
+    assert (settings.sse_max_streams, settings.cache_miss_wait, settings.cache_batch_max_keys) == (7, 0.25, 12)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("sse_max_streams", 0), ("cache_redis_timeout", 0), ("cache_miss_wait", -1), ("sse_send_timeout", 0)],
+)
+def test_nonsense_values_are_refused(name: str, value: float) -> None:
+    with pytest.raises(ValidationError, match=name):
+        ServingSettings(**{name: value})
+
+
+async def test_more_concurrent_reads_than_the_pool_has_connections_is_refused() -> None:
+    client = Redis.from_url("redis://127.0.0.1:1/0", max_connections=20)
+    try:
+        with pytest.raises(ValueError, match="max_connections"):
+            Serving(redis=client, keys=Keys(), settings=ServingSettings(cache_redis_concurrency=20))
+        Serving(redis=client, keys=Keys(), settings=ServingSettings(cache_redis_concurrency=19))
+    finally:
+        await client.aclose()
