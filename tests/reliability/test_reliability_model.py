@@ -6,7 +6,7 @@ apply (drain the log), crash mid-batch (read a batch, never acknowledge it) and 
 new consumer name, sweep, read. After every step: no stored version went down. After quiescence (apply,
 then sweep): every key equals its recompute from the world, and deleted items are tombstones.
 
-CI runs a bounded number of examples; FRESHVIEWS_MODEL_EXAMPLES raises it (e.g. 2000) for a long run.
+CI runs a bounded number of examples (FRESHVIEWS_MODEL_EXAMPLES changes it); ``-m chaos`` runs 2000.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import os
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
@@ -152,12 +153,13 @@ class CacheModel(RuleBasedStateMachine):
                 assert stored[0] == expected, f"{key}: {stored[0]!r} != {expected!r}"
 
 
-def test_any_interleaving_keeps_versions_monotonic_and_converges(redis_url: str) -> None:
+@pytest.mark.parametrize("examples", [EXAMPLES, pytest.param(2000, marks=pytest.mark.chaos)])
+def test_any_interleaving_keeps_versions_monotonic_and_converges(redis_url: str, examples: int) -> None:
     CacheModel.redis_url = redis_url
     run_state_machine_as_test(
         CacheModel,
         settings=settings(
-            max_examples=EXAMPLES,
+            max_examples=examples,
             stateful_step_count=30,
             deadline=None,
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],

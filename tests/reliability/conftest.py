@@ -1,0 +1,49 @@
+"""Fixtures of the reliability scenarios."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from kv_views import ROWS, Source
+from kv_world import KEYS, World
+from redis.asyncio import Redis
+
+from publisher.embedded import EmbeddedRedis
+from publisher.publish import Publisher
+
+
+@pytest.fixture
+def source_url(tmp_path: Path, redis_server_executable: str) -> Iterator[str]:
+    """A Redis of its own holding the rows: the source of truth survives what the scenarios do to the cache."""
+    server = EmbeddedRedis(tmp_path / "source", executable=redis_server_executable)
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+async def world(tmp_path: Path, redis_url: str, source_url: str) -> AsyncIterator[World]:
+    cache = Redis.from_url(redis_url)
+    source = Redis.from_url(source_url)
+    async with source.pipeline(transaction=False) as pipe:
+        for row_id in range(1, ROWS + 1):
+            pipe.hset(Source.row(row_id), mapping={"n": 0, "w": "seed"})
+        await pipe.execute()
+    world = World(tmp_path, redis_url, source_url, cache, source, Publisher(cache, KEYS, timeout=5.0))
+    sampler = asyncio.create_task(world.sample())
+    try:
+        yield world
+    finally:
+        sampler.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sampler
+        for proc, _ in world.subscribers.values():
+            proc.stop()
+        print(world.logs())  # shown when the test failed
+        await cache.aclose()
+        await source.aclose()
