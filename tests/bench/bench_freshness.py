@@ -1,0 +1,268 @@
+"""Benchmark 2: staleness, the time from a write's commit to its new value being readable from the cache.
+
+Writes are new scores (``POST /api/scores``) for random players, sent on a schedule at a given rate. A write
+counts as readable at the first moment the stored ``player/{id}`` value includes its score: the bench
+listens to the cache's update notifications (published by the same Lua script that writes the value, so the
+moment a notification arrives the value is readable) and reads the stored bytes to check that they include
+the score. Commit time: the change-log entry id of the write (Redis's clock, taken right after the commit;
+1 ms resolution) when the hook publishes, else the arrival of the write's answer (the timed warmer, whose
+staleness is seconds). Both clocks are this machine's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench_http import HttpError, Pool
+from bench_stack import Stack, metric, scrape
+from bench_support import Config, Figures, percentile, ratio, rounded
+from redis.asyncio import Redis
+
+from publisher.keys import DATA, Keys
+from subscriber.settings import SubscriberSettings
+
+DEFAULT_SWEEP_INTERVAL = SubscriberSettings.model_fields["sweep_interval"].default
+IN_FLIGHT = 64
+SAMPLES_KEPT = 4000
+PUBLISH_FAILED = "freshviews_changes_publish_failed_total"
+
+
+@dataclass
+class Write:
+    player: int
+    sent: float
+    committed: float | None = None
+    score_id: int | None = None
+    readable: float | None = None
+
+
+@dataclass
+class Tracker:
+    """Matches update notifications of ``player/{id}`` to the writes whose score they include."""
+
+    redis: Redis
+    keys: Keys
+    #: player -> writes not yet seen in the cache (score id known or not yet).
+    open: dict[int, list[Write]] = field(default_factory=lambda: defaultdict(list))
+    #: player -> (arrival time, score ids in the stored value) of notifications while a write was in flight.
+    seen: dict[int, list[tuple[float, list[int]]]] = field(default_factory=lambda: defaultdict(list))
+    done: list[Write] = field(default_factory=list)
+
+    async def listen(self) -> None:
+        pubsub = self.redis.pubsub()
+        await pubsub.subscribe(self.keys.updates_channel)
+        try:
+            async for message in pubsub.listen():
+                if message["type"] != "message":
+                    continue
+                arrived = time.time()
+                _, _, key = message["data"].decode().partition(" ")
+                if not key.startswith("player/"):
+                    continue
+                player = int(key.split("/", 1)[1])
+                if player not in self.open:
+                    continue
+                data = await self.redis.hget(self.keys.value(key), DATA)
+                ids = [line["id"] for line in json.loads(data)["recent"]] if data else []
+                self.seen[player].append((arrived, ids))
+                self._match(player)
+        finally:
+            await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
+
+    def _match(self, player: int) -> None:
+        still: list[Write] = []
+        for write in self.open[player]:
+            if write.score_id is not None:
+                for arrived, ids in self.seen[player]:
+                    # The newest ten scores are shown; a score pushed out by newer ones is in the value too.
+                    if arrived >= write.sent and (
+                        write.score_id in ids or (len(ids) >= 10 and min(ids) > write.score_id)
+                    ):
+                        write.readable = arrived
+                        break
+            (self.done if write.readable is not None else still).append(write)
+        if still:
+            self.open[player] = still
+        else:
+            del self.open[player]
+            self.seen.pop(player, None)
+
+    def answered(self, write: Write) -> None:
+        self._match(write.player)
+
+
+async def measure(stack: Stack, *, rate: float, window: float, players: int, drain: float, seed: int) -> dict[str, Any]:
+    keys = Keys()
+    failed_before = metric(await asyncio.to_thread(scrape, f"{stack.base_url}/metrics"), PUBLISH_FAILED)
+    redis = Redis.from_url(stack.redis_url)
+    tracker = Tracker(redis, keys)
+    listener = asyncio.create_task(tracker.listen())
+    await asyncio.sleep(0.2)  # the subscription is in place before the first write
+    pool = Pool("127.0.0.1", stack.app_port, size=IN_FLIGHT)
+    rng = random.Random(seed)
+    loop = asyncio.get_running_loop()
+    writes: list[Write] = []
+    latencies: list[float] = []
+    errors = 0
+    skipped = 0
+    busy = 0
+
+    async def one(player: int) -> None:
+        nonlocal errors, busy
+        write = Write(player=player, sent=time.time())
+        tracker.open[player].append(write)
+        body = json.dumps({"player_id": player, "points": rng.randint(1, 300)}).encode()
+        try:
+            status, _, payload = await pool.request("POST", "/api/scores", body=body)
+        except (HttpError, OSError):
+            status, payload = 0, b""
+        finally:
+            busy -= 1
+        answered = time.time()
+        if status != 201:
+            errors += 1
+            tracker.open[player].remove(write)
+            if not tracker.open[player]:
+                del tracker.open[player]
+            return
+        out = json.loads(payload)
+        write.score_id = out["id"]
+        ids = out.get("change_ids") or []
+        write.committed = int(ids[0].split("-")[0]) / 1000 if ids else answered
+        latencies.append(answered - write.sent)
+        writes.append(write)
+        tracker.answered(write)
+
+    started = loop.time()
+    cpu0 = time.process_time()
+    tasks = set()
+    sent = 0
+    while loop.time() - started < window:
+        if busy >= IN_FLIGHT:
+            skipped += 1  # every connection is waiting on the backend: this tick is not sent
+        else:
+            busy += 1
+            task = asyncio.create_task(one(rng.randint(1, players)))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        sent += 1
+        await asyncio.sleep(max(0.0, started + sent / rate - loop.time()))
+    elapsed = loop.time() - started
+    if tasks:
+        await asyncio.gather(*tasks)
+    cpu = time.process_time() - cpu0
+    deadline = loop.time() + drain
+    while tracker.open and loop.time() < deadline:  # noqa: ASYNC110 (a deadline, not an event, ends the drain)
+        await asyncio.sleep(0.05)
+    listener.cancel()
+    await asyncio.gather(listener, return_exceptions=True)
+    await pool.close()
+    await redis.aclose()
+    failed = metric(await asyncio.to_thread(scrape, f"{stack.base_url}/metrics"), PUBLISH_FAILED) - failed_before
+    stale = sorted(w.readable - w.committed for w in writes if w.readable is not None and w.committed is not None)
+    step = max(1, len(stale) // SAMPLES_KEPT)
+    return {
+        "intended_writes_per_s": rate,
+        "achieved_writes_per_s": round(len(writes) / elapsed, 2),
+        "skipped_ticks": skipped,
+        "write_errors": errors,
+        "writes": len(writes),
+        "seen_in_cache": len(stale),
+        "not_seen_within_drain": len(writes) - len(stale),
+        # A publish that times out (APP_PUBLISH_TIMEOUT) loses the change until the next sweep: counted here.
+        "publish_failures": failed,
+        "drain_s": drain,
+        "staleness_p50_ms": _ms(percentile(stale, 50)),
+        "staleness_p90_ms": _ms(percentile(stale, 90)),
+        "staleness_p99_ms": _ms(percentile(stale, 99)),
+        "staleness_max_ms": _ms(stale[-1] if stale else None),
+        "write_latency_p50_ms": _ms(percentile(latencies, 50)),
+        "bench_cpu_share_of_one_core": round(cpu / elapsed, 3),
+        "staleness_samples_ms": [round(s * 1000, 2) for s in stale[::step]],
+    }
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 3)
+
+
+def _line(name: str, r: dict[str, Any]) -> str:
+    return (
+        f"  freshness {name:7s} {r['intended_writes_per_s']:6.0f} writes/s (achieved {r['achieved_writes_per_s']}): "
+        f"p50 {r['staleness_p50_ms']} ms, p99 {r['staleness_p99_ms']} ms, max {r['staleness_max_ms']} ms, "
+        f"seen {r['seen_in_cache']}/{r['writes']}, publish failures {r['publish_failures']:g}"
+    )
+
+
+async def run(config: Config) -> dict[str, Any]:
+    players = config.seed.players
+    results: dict[str, Any] = {"change": {}, "warmer": {}}
+    change = Stack(
+        workdir=config.workdir("fresh-change"), database_file=config.database("fresh-change"),
+        publish=True, sweep_interval=DEFAULT_SWEEP_INTERVAL,
+    ).start()  # fmt: skip
+    try:
+        await asyncio.to_thread(change.wait_warm)
+        for i, rate in enumerate(config.fresh_rates):
+            r = await measure(
+                change, rate=rate, window=config.fresh_window, players=players, drain=config.fresh_drain, seed=i
+            )
+            results["change"][f"{rate:g}"] = r
+            print(_line("change", r), flush=True)
+    finally:
+        change.stop()
+    warmer = Stack(
+        workdir=config.workdir("fresh-warmer"), database_file=config.database("fresh-warmer"),
+        publish=False, sweep_interval=config.warmer_interval,
+    ).start()  # fmt: skip
+    try:
+        warm_s = await asyncio.to_thread(warmer.wait_warm)
+        # A write waits at most one interval plus one sweep; the warm-up sweep's duration estimates the latter.
+        drain = config.warmer_interval + 2 * warm_s + 5
+        r = await measure(
+            warmer, rate=config.warmer_fresh_rate, window=config.warmer_fresh_window, players=players, drain=drain,
+            seed=99,
+        )  # fmt: skip
+        results["warmer"][f"{config.warmer_fresh_rate:g}"] = r
+        results["warmer_full_sweep_s"] = round(warm_s, 2)
+        print(_line("warmer", r), flush=True)
+    finally:
+        warmer.stop()
+    figures = Figures()
+    for rate in config.fresh_rates:
+        r = results["change"][f"{rate:g}"]
+        for q in ("p50", "p99"):
+            figures.put(f"change_staleness_{q}_ms_at_{rate:g}_per_s", r[f"staleness_{q}_ms"], "no write was seen")
+        figures.put(f"change_achieved_writes_per_s_at_{rate:g}", r["achieved_writes_per_s"])
+    w = results["warmer"][f"{config.warmer_fresh_rate:g}"]
+    for q in ("p50", "p99"):
+        figures.put(f"warmer_staleness_{q}_ms_at_{config.warmer_fresh_rate:g}_per_s", w[f"staleness_{q}_ms"])
+    same_rate = results["change"].get(f"{config.warmer_fresh_rate:g}")
+    figures.put(
+        "warmer_over_change_median_staleness",
+        rounded(ratio(w["staleness_p50_ms"], same_rate["staleness_p50_ms"] if same_rate else None), 1),
+        f"change-driven not measured at {config.warmer_fresh_rate:g} writes/s",
+    )
+    return {
+        "conditions": {
+            "write": "POST /api/scores for a random player (uniform over the seeded players)",
+            "change_driven": f"publish on, SUBSCRIBER_SWEEP_INTERVAL={DEFAULT_SWEEP_INTERVAL:g}",
+            "warmer": f"publish off, SUBSCRIBER_SWEEP_INTERVAL={config.warmer_interval:g}",
+            "window_s": config.fresh_window,
+            "warmer_window_s": config.warmer_fresh_window,
+            "max_writes_in_flight": IN_FLIGHT,
+            "readable": "update notification received and the stored player/{id} value includes the score",
+            "commit_time": "change-log entry id (ms) when published, else the write's answer (warmer)",
+            "database": f"SQLite, {config.seed.players} players",
+        },
+        "results": results,
+        "figures": figures.values,
+        "missing": figures.missing,
+        "goals": [],
+    }

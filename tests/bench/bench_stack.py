@@ -1,0 +1,250 @@
+"""Real processes for the benchmarks: a backend and a subscriber on their own Redis, and their metrics.
+
+Each stack starts its own ``redis-server`` on a free port and runs on its own copy of the seeded SQLite file,
+so nothing it does touches a Redis or a database that was already on the machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import httpx
+from bench_support import BENCH_DIR, SOURCE, free_port, redis_executable
+
+if TYPE_CHECKING:
+    # Imported where used: run.py puts the measured snapshot of the product first on sys.path only after the
+    # bench modules are loaded, and nothing of the product may be imported before that.
+    from publisher.embedded import EmbeddedRedis
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a live process, from /proc (None once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+@dataclass
+class Proc:
+    """A child process with its output in a log file; stopped with SIGTERM, then SIGKILL."""
+
+    name: str
+    args: list[str]
+    env: dict[str, str]
+    log_path: Path
+    popen: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Proc:
+        with self.log_path.open("ab") as log:
+            # cwd is the log's folder, not the repository: the product must come from SOURCE (on PYTHONPATH).
+            self.popen = subprocess.Popen(
+                self.args, env=self.env, cwd=self.log_path.parent, stdout=log, stderr=subprocess.STDOUT
+            )
+        return self
+
+    @property
+    def pid(self) -> int:
+        if self.popen is None:
+            raise RuntimeError(f"{self.name} was not started")
+        return self.popen.pid
+
+    @property
+    def running(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def cpu(self) -> float | None:
+        return cpu_seconds(self.pid) if self.running else None
+
+    def stop(self, timeout: float = 10) -> None:
+        if self.popen is None or self.popen.poll() is not None:
+            return
+        self.popen.send_signal(signal.SIGTERM)
+        try:
+            self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            self.popen.wait(5)
+
+    def log(self, chars: int = 3000) -> str:
+        return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
+
+
+def wait_http(url: str, proc: Proc, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not proc.running:
+            raise RuntimeError(f"{proc.name} exited while starting:\n{proc.log()}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=1).status_code < 500:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"{url} did not answer within {timeout}s:\n{proc.log()}")
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """Sum of a Prometheus sample over the series matching ``labels`` (0 when absent)."""
+    total = 0.0
+    for line in text.splitlines():
+        if not (line.startswith(name + "{") or line.startswith(name + " ")):
+            continue
+        head, _, value = line.rpartition(" ")
+        if all(f'{k}="{v}"' in head for k, v in labels.items()):
+            total += float(value)
+    return total
+
+
+def scrape(url: str) -> str:
+    return httpx.get(url, timeout=10).text
+
+
+@dataclass
+class Stack:
+    """One system under test: its own Redis, a backend process and optionally a subscriber process.
+
+    ``publish`` is the backend's APP_PUBLISH_ENABLED; ``sweep_interval`` None means no subscriber.
+    """
+
+    workdir: Path
+    database_file: Path
+    publish: bool = True
+    sweep_interval: float | None = None
+    launcher: Sequence[str] = ()
+    #: More environment for both processes (a benchmark's own settings, reported in its conditions).
+    extra_env: dict[str, str] = field(default_factory=dict)
+    redis: EmbeddedRedis | None = None
+    app: Proc | None = None
+    subscriber: Proc | None = None
+    app_port: int = field(default_factory=free_port)
+    metrics_port: int = field(default_factory=free_port)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.app_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+    @property
+    def redis_url(self) -> str:
+        if self.redis is None:
+            raise RuntimeError("stack not started")
+        return self.redis.url
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("APP_", "SUBSCRIBER_"))}
+        env.update(
+            REDIS_URL=self.redis_url,
+            DATABASE_URL=f"sqlite:///{self.database_file}",
+            FRESHVIEWS_DATA_DIR=str(self.workdir / "data"),
+            FRESHVIEWS_PROBE_LOCAL_REDIS="false",
+            APP_PORT=str(self.app_port),
+            APP_PUBLISH_ENABLED="true" if self.publish else "false",
+            SUBSCRIBER_METRICS_PORT=str(self.metrics_port),
+            SUBSCRIBER_SWEEP_INTERVAL=str(self.sweep_interval or 0),
+            PYTHONUNBUFFERED="1",
+            PYTHONPATH=os.pathsep.join([str(SOURCE[0]), str(BENCH_DIR)]),
+        )
+        env.update(self.extra_env)
+        return env
+
+    def start(self) -> Stack:
+        try:
+            return self.launch().ready()
+        except BaseException:
+            self.stop()  # a process that failed to start must not leave its siblings (or Redis) running
+            raise
+
+    def launch(self) -> Stack:
+        """Start Redis and the processes without waiting for them (several stacks then start side by side)."""
+        from publisher.embedded import EmbeddedRedis
+
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.redis = EmbeddedRedis(self.workdir / "redis", executable=redis_executable())
+        self.redis.start()
+        python = [sys.executable, *self.launcher]
+        self.app = Proc(
+            "app", [*python, "-m", "app", "--log-level", "warning", "serve", "--no-access-log"], self.env(),
+            self.workdir / "app.log",
+        ).start()  # fmt: skip
+        if self.sweep_interval is not None:
+            self.subscriber = Proc(
+                "subscriber",
+                [sys.executable, "-m", "subscriber", "--views", "app.views:registry", "--log-level", "WARNING"],
+                self.env(),
+                self.workdir / "subscriber.log",
+            ).start()
+        return self
+
+    def ready(self) -> Stack:
+        """Wait until the backend (and the subscriber's metrics) answer."""
+        if self.app is None:
+            raise RuntimeError("launch() first")
+        wait_http(f"{self.base_url}/healthz", self.app)
+        if self.subscriber is not None:
+            wait_http(self.metrics_url, self.subscriber)
+        return self
+
+    def wait_warm(self, timeout: float = 300) -> float:
+        """Wait for the subscriber's warm-up sweep (the cache starts empty); return the sweep's duration, s."""
+        import redis as redis_sync
+
+        started = time.monotonic()
+        client = redis_sync.Redis.from_url(self.redis_url)
+        try:
+            while time.monotonic() - started < timeout:
+                if self.subscriber is not None and not self.subscriber.running:
+                    raise RuntimeError(f"subscriber exited:\n{self.subscriber.log()}")
+                seconds = client.hget("fv:sweep", "seconds")
+                if seconds is not None:
+                    # The sweep's own duration: it began before this wait did.
+                    return float(seconds)
+                time.sleep(0.05)
+        finally:
+            client.close()
+        raise RuntimeError(f"the warm-up sweep did not finish within {timeout}s")
+
+    def counters(self) -> dict[str, float]:
+        """Backend work so far: queries of the backend and of the subscriber, recomputes, CPU seconds."""
+        app_text = scrape(f"{self.base_url}/metrics")
+        out = {
+            "app_queries": metric(app_text, "freshviews_db_queries_total"),
+            "app_cpu": (self.app.cpu() if self.app else None) or 0.0,
+            "sub_queries": 0.0,
+            "recomputes": 0.0,
+            "recomputes_change": 0.0,
+            "recomputes_sweep": 0.0,
+            "sweeps": 0.0,
+            "sub_cpu": 0.0,
+        }
+        if self.subscriber is not None:
+            text = scrape(self.metrics_url)
+            out.update(
+                sub_queries=metric(text, "freshviews_db_queries_total"),
+                recomputes=metric(text, "freshviews_recomputes_total"),
+                recomputes_change=metric(text, "freshviews_recomputes_total", trigger="change"),
+                recomputes_sweep=metric(text, "freshviews_recomputes_total", trigger="sweep"),
+                sweeps=metric(text, "freshviews_sweeps_total"),
+                sub_cpu=self.subscriber.cpu() or 0.0,
+            )
+        return out
+
+    def stop(self) -> None:
+        for proc in (self.subscriber, self.app):
+            if proc is not None:
+                proc.stop()
+        if self.redis is not None:
+            self.redis.stop()
