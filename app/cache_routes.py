@@ -183,19 +183,20 @@ def cache_router(registry: Registry[Any], *, prefix: str = "/cache") -> APIRoute
                 return error(serving, 422, str(exc))
         cache_control = _cache_control(parsed.view)
         if_none_match = request.headers.get("if-none-match")
+        # A value this process holds, current as of the last notification: no Redis round trip at all.
+        snapshot = serving.near.get(parsed.key) if wanted is None else None
         try:
-            if wanted is None:
+            if wanted is not None:
+                snapshot = await serving.refresher.wait_for_version(parsed.key, wanted)
+            elif snapshot is None:
                 if if_none_match:
                     async with serving.deadline():
                         version = await serving.redis.hget(serving.keys.value(parsed.key), VERSION)
                     if version is not None and _matches(if_none_match, _etag(version)):
                         return _not_modified(version, cache_control)
-                async with serving.deadline():
-                    snapshot = (await read_snapshots(serving.redis, serving.keys, [parsed.key]))[0]
+                snapshot = await _read_one(serving, parsed.key)
                 if snapshot is None:
                     snapshot = await _fetch_missing(serving, parsed.key)
-            else:
-                snapshot = await serving.refresher.wait_for_version(parsed.key, wanted)
         except CacheUnavailableError as exc:
             return error(serving, 503, str(exc), retry=True)
         except TooManyMissesError as exc:
@@ -215,6 +216,22 @@ def cache_router(registry: Registry[Any], *, prefix: str = "/cache") -> APIRoute
         )
 
     return router
+
+
+async def _read_one(serving: Serving, view_key: str) -> Snapshot | None:
+    """Read one key from Redis, and keep it in the process's memory unless a newer one was announced meanwhile."""
+    serving.near.reading(view_key)
+    try:
+        async with serving.deadline():
+            snapshot = (await read_snapshots(serving.redis, serving.keys, [view_key]))[0]
+    except BaseException:
+        serving.near.abandon(view_key)
+        raise
+    if snapshot is None:
+        serving.near.abandon(view_key)
+    else:
+        serving.near.offer(snapshot)
+    return snapshot
 
 
 async def _fetch_missing(serving: Serving, view_key: str) -> Snapshot | None:

@@ -19,18 +19,24 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import Counter
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from publisher.keys import DATA, DIGEST, FENCE, TOMBSTONE, VERSION, Keys
+
+if TYPE_CHECKING:
+    from app.nearcache import NearCache
 
 logger = logging.getLogger(__name__)
 
 #: Notifications handled in one go: their keys are read back in one pipeline.
 MAX_NOTIFICATIONS_PER_READ = 1000
+#: Seconds between pings on a quiet subscription: a link that stops answering is noticed within a few of them.
+PING_EVERY = 0.5
 #: Keys per pipeline when reading back values (a resync may cover every key watched in the process).
 READ_CHUNK = 500
 
@@ -108,9 +114,19 @@ class Mailbox:
 class UpdateHub:
     """The process's one subscription to the update channel; run :meth:`run` as a supervised task."""
 
-    def __init__(self, redis: Redis, keys: Keys, *, read_timeout: float, backoff_max: float = 5.0) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        keys: Keys,
+        *,
+        read_timeout: float,
+        backoff_max: float = 5.0,
+        near: NearCache | None = None,
+    ) -> None:
         if read_timeout <= 0 or backoff_max <= 0:
             raise ValueError("read_timeout and backoff_max must be > 0")
+        #: The process's copies of values, told of every announced version and of the subscription's state.
+        self._near = near
         self._redis = redis
         self._keys = keys
         self._read_timeout = read_timeout
@@ -118,6 +134,7 @@ class UpdateHub:
         self._watchers: dict[str, set[Mailbox]] = {}
         self._mailboxes: set[Mailbox] = set()
         self._connected = asyncio.Event()
+        self._heard = time.monotonic()
         self._down_since: float | None = time.monotonic()
         self._last_error = "not connected yet"
         self._subscriptions = 0
@@ -160,6 +177,11 @@ class UpdateHub:
     def watched_keys(self) -> int:
         return len(self._watchers)
 
+    @property
+    def largest_mailbox(self) -> int:
+        """Snapshots waiting in the fullest mailbox: bounded by its keys, however slow its reader."""
+        return max((len(box) for box in self._mailboxes), default=0)
+
     # -- state ---------------------------------------------------------------------------------------------
 
     @property
@@ -186,6 +208,8 @@ class UpdateHub:
             self._down_since = time.monotonic()
         self._connected.clear()
         self._last_error = reason
+        if self._near is not None:
+            self._near.disconnected()
 
     # -- the subscription ----------------------------------------------------------------------------------
 
@@ -214,10 +238,19 @@ class UpdateHub:
         pubsub = self._redis.pubsub()
         try:
             await pubsub.subscribe(self._keys.updates_channel)
+            pinged = time.monotonic()
             while True:
-                message = await pubsub.get_message(timeout=self._read_timeout)
+                # A quiet channel and a dead link look the same from here: ping, and expect to hear back.
+                now = time.monotonic()
+                if now - self._heard > PING_EVERY * 3 + self._read_timeout:
+                    raise RedisConnectionError(f"no answer on the update subscription for {now - self._heard:.1f}s")
+                if now - pinged >= PING_EVERY:
+                    await pubsub.ping()
+                    pinged = now
+                message = await pubsub.get_message(timeout=PING_EVERY)
                 if message is None:
                     continue
+                self._heard = time.monotonic()
                 messages = [message]
                 while len(messages) < MAX_NOTIFICATIONS_PER_READ:
                     more = await pubsub.get_message(timeout=0)
@@ -229,6 +262,10 @@ class UpdateHub:
             self._mark_down("resubscribing")
             await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves PubSub.aclose unannotated
 
+    def heard_within(self, seconds: float) -> bool:
+        """Whether the subscription is up and Redis answered on it within ``seconds`` (pings count)."""
+        return self._connected.is_set() and time.monotonic() - self._heard < seconds
+
     async def _handle(self, messages: list[dict[str, Any]]) -> None:
         notified: set[str] = set()
         resync = False
@@ -237,13 +274,18 @@ class UpdateHub:
                 # Also seen when redis-py reconnects and resubscribes by itself: anything published meanwhile
                 # was lost, so every watched key is read again.
                 resync = True
+                if self._near is not None:
+                    self._near.connected()
                 self._connected.set()
                 self._down_since = None
                 self._subscriptions += 1
                 HUB_RECONNECTS.inc()
             elif message["type"] == "message":
-                _, _, key = bytes(message["data"]).partition(b" ")
-                notified.add(key.decode(errors="replace"))
+                version, _, raw_key = bytes(message["data"]).partition(b" ")
+                key = raw_key.decode(errors="replace")
+                notified.add(key)
+                if self._near is not None and version.isdigit():
+                    self._near.announced(key, int(version))
         wanted = set(self._watchers) if resync else notified & self._watchers.keys()
         await self._deliver(sorted(wanted))
 

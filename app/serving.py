@@ -32,10 +32,14 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from app.hub import UpdateHub
+from app.nearcache import NearCache
 from app.refresh import Refresher
 from publisher.keys import Keys
 
 logger = logging.getLogger(__name__)
+
+#: Memory copies are served only while Redis answered on the update subscription this recently, seconds.
+NEAR_CACHE_TRUST = 1.0
 
 
 class ServingSettings(BaseSettings):
@@ -51,6 +55,8 @@ class ServingSettings(BaseSettings):
     cache_redis_concurrency: int = Field(default=64, ge=1)
     #: Retry-After of every 503, seconds.
     cache_retry_after: int = Field(default=1, ge=0, le=3600)
+    #: Values this process keeps in memory, kept current by the update subscription (0 = always read Redis).
+    cache_memory_keys: int = Field(default=10_000, ge=0)
     #: Keys accepted by one ``GET /cache?key=...&key=...`` (400 beyond).
     cache_batch_max_keys: int = Field(default=100, ge=1, le=10_000)
     #: How long a read of a valid key that is not cached waits for the subscriber to compute it, seconds.
@@ -142,8 +148,13 @@ class Serving:
         self.keys = keys
         self.settings = settings
         self._redis_slots = asyncio.Semaphore(settings.cache_redis_concurrency)
+        self.near = NearCache(settings.cache_memory_keys, live=lambda: self.hub.heard_within(NEAR_CACHE_TRUST))
         self.hub = UpdateHub(
-            redis, keys, read_timeout=max(settings.cache_redis_timeout, 1.0), backoff_max=settings.sse_reconnect_max
+            redis,
+            keys,
+            read_timeout=max(settings.cache_redis_timeout, 1.0),
+            backoff_max=settings.sse_reconnect_max,
+            near=self.near,
         )
         self.refresher = Refresher(
             redis,

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import httpx
 from asgi_lifespan import LifespanManager
+from fastapi import FastAPI
 from helpers import wait_until
 from redis.asyncio import Redis
-from serving_support import OpenClient, RedisProxy, put
+from serving_support import OpenClient, RedisProxy, put, serving_of
 
 from app.main import create_app
 from app.settings import AppSettings
@@ -41,10 +42,12 @@ async def _all_unavailable(client: httpx.AsyncClient, bound: float) -> None:
 async def test_a_dead_redis_gives_503_quickly_and_reads_recover_after_it_restarts(
     open_client: OpenClient, redis_server: EmbeddedRedis, redis: Redis, keys: Keys
 ) -> None:
-    client, _ = await open_client()
+    client, app = await open_client()
     await put(redis, keys, "item/1", {"id": 1})
     assert (await client.get("/cache/item/1")).status_code == 200
     redis_server.kill()
+    # The copy in memory is served only while the update subscription is heard from: within a second it stops.
+    await _memory_off(app)
     await _all_unavailable(client, bound=2.0)
     redis_server.restart(wipe=True)
     async with Redis.from_url(redis_server.url) as fresh:  # the fixture's client still holds the dead socket
@@ -58,10 +61,11 @@ async def test_a_frozen_redis_gives_503_within_the_read_timeout(
     proxy = RedisProxy(redis_server.port)
     url = await proxy.start()
     try:
-        client, _ = await open_client(url=url, cache_redis_timeout=0.3)
+        client, app = await open_client(url=url, cache_redis_timeout=0.3)
         await put(redis, keys, "item/1", {"id": 1})
         assert (await client.get("/cache/item/1")).status_code == 200
         proxy.freeze()  # connections stay open, nothing answers: the worst case for a client without timeouts
+        await _memory_off(app)
         await _all_unavailable(client, bound=1.5)
         proxy.thaw()
         await wait_until(lambda: _ok(client, "/cache/item/1"), 5, message="reads did not recover after the thaw")
@@ -101,6 +105,12 @@ async def test_healthz_shows_a_dead_update_subscription_and_its_return(
             return health.status_code == 200 and health.json()["updates"] == "ok"
 
         await wait_until(healthy, 10, message="the subscription did not come back")
+
+
+async def _memory_off(app: FastAPI) -> None:
+    started = time.monotonic()
+    await wait_until(lambda: not serving_of(app).near.enabled, 3, message="memory still trusted after Redis went")
+    assert time.monotonic() - started < 2.5
 
 
 async def _ok(client: httpx.AsyncClient, path: str) -> bool:

@@ -108,10 +108,10 @@ async def test_heartbeats_at_the_configured_interval(redis_url: str) -> None:
 async def test_one_redis_subscription_serves_every_stream(redis_url: str, redis: Redis, keys: Keys) -> None:
     await put(redis, keys, "item/1", {"n": 0})
     async with running(redis_url) as (base_url, serving), contextlib.AsyncExitStack() as streams:
-        readers = [(await streams.enter_async_context(stream(base_url, "item/1")))[1] for _ in range(25)]
+        readers = [(await streams.enter_async_context(stream(base_url, "item/1")))[1] for _ in range(200)]
         for sse in readers:
             await sse.next()
-        assert serving.hub.mailboxes == 25
+        assert serving.hub.mailboxes == 200
         assert (await redis.pubsub_numsub(keys.updates_channel)) == [(keys.updates_channel.encode(), 1)]
         version = await put(redis, keys, "item/1", {"n": 1})
         assert {(await sse.next()).id for sse in readers} == {str(version)}
@@ -181,22 +181,36 @@ async def test_nothing_is_left_behind_when_clients_vanish(redis_url: str, redis:
 
 
 @pytest.mark.timeout(60)
-async def test_a_frozen_client_is_dropped_after_the_send_timeout(redis_url: str, redis: Redis, keys: Keys) -> None:
+async def test_a_frozen_client_is_dropped_after_the_send_timeout_and_never_delays_the_others(
+    redis_url: str, redis: Redis, keys: Keys
+) -> None:
     big = b'{"pad": "' + b"x" * 400_000 + b'"}'
-    async with running(redis_url, sse_send_timeout=0.5, sse_ping=0) as (base_url, serving):
+    await put(redis, keys, "item/1", big)
+    async with (
+        running(redis_url, sse_send_timeout=2.0, sse_ping=0) as (base_url, serving),
+        stream(base_url, "item/1") as (_, healthy),
+    ):
+        await healthy.next()  # the current value
         port = int(base_url.rsplit(":", 1)[1])
         sock = _open_raw_stream(port, rcvbuf=4096)  # then never reads
         try:
-            await wait_until(lambda: serving.streams.open == 1, 5)
+            await wait_until(lambda: serving.streams.open == 2, 5)
             loop = asyncio.get_running_loop()
             give_up = loop.time() + 30
             n = 0
-            while serving.streams.open and loop.time() < give_up:
+            while serving.streams.open > 1 and loop.time() < give_up:
                 n += 1
-                await put(redis, keys, "item/1", big.replace(b"x", str(n % 10).encode(), 1))
+                version = await put(redis, keys, "item/1", big.replace(b"x", str(n % 10).encode(), 1))
+                # The healthy reader gets every version promptly, however stuck the other one is.
+                written = loop.time()
+                event = await healthy.next(timeout=5)
+                assert event.id == str(version)
+                assert loop.time() - written < 1.0, f"delivery took {loop.time() - written:.2f}s"
+                # The frozen reader's mailbox holds at most the latest value of its one key.
+                assert serving.hub.largest_mailbox <= 1
                 await asyncio.sleep(0.05)
-            assert serving.streams.open == 0, "a client that reads nothing still holds its stream"
-            assert serving.hub.mailboxes == 0
+            assert serving.streams.open == 1, "a client that reads nothing still holds its stream"
+            assert serving.hub.mailboxes == 1
         finally:
             sock.close()
 
