@@ -244,6 +244,7 @@ async def _stop(name: str, proc: asyncio.subprocess.Process) -> None:
 def _print_urls(base_url: str) -> None:
     print(
         f"\nfreshviews demo is running. Open:\n"
+        f"  {base_url}/                       the live dashboard (pushed over SSE)\n"
         f"  {base_url}/cache/views            the cached views\n"
         f"  {base_url}/cache/leaderboard/eu   one view, served from Redis\n"
         f"  {base_url}/api/leaderboard/eu     the same view computed from the database\n"

@@ -62,19 +62,32 @@ def parse_min_version(text: str) -> int:
     raise ValueError("min_version must be a version (an integer) or a change id like 1732870000000-0")
 
 
-def _cache_control(view: View[Any]) -> str:
+def cache_control_of(view: View[Any]) -> str:
     return f"public, max-age={view.max_age}, stale-while-revalidate={view.stale_while_revalidate}"
 
 
-def _etag(version: bytes | str | int) -> str:
+def etag_of(version: bytes | str | int) -> str:
     text = version.decode() if isinstance(version, bytes) else str(version)
     return f'"{text}"'
 
 
-def _matches(if_none_match: str, etag: str) -> bool:
+def etag_matches(if_none_match: str, etag: str) -> bool:
     tags = [t.strip() for t in if_none_match.split(",")]
     # A weak validator compares equal to the strong one for If-None-Match (RFC 9110 §13.1.2).
     return "*" in tags or etag in tags or f"W/{etag}" in tags
+
+
+MIN_VERSION_MAX_LENGTH = 40
+_READ_PARAMETERS: list[dict[str, Any]] = [
+    {"name": "key", "in": "path", "required": True, "schema": {"type": "string"}},
+    {
+        "name": "min_version",
+        "in": "query",
+        "required": False,
+        "description": "wait briefly until the key reflects a recompute at or after this version (or change id)",
+        "schema": {"type": "string", "maxLength": MIN_VERSION_MAX_LENGTH},
+    },
+]
 
 
 class AnyKeyConvertor(PathConvertor):
@@ -167,11 +180,16 @@ def cache_router(registry: Registry[Any], *, prefix: str = "/cache") -> APIRoute
         "/{key:anykey}",
         summary="One cached view, as stored",
         responses={304: {"description": "Not modified"}, 404: {}, 422: {}, 503: {}},
+        # The hot path: its parameters are read by hand (FastAPI's per-parameter validation costs as much as
+        # the rest of the request) and described here for the OpenAPI document.
+        openapi_extra={"parameters": _READ_PARAMETERS},
     )
-    async def read(
-        key: str, request: Request, min_version: Annotated[str | None, Query(max_length=40)] = None
-    ) -> Response:
+    async def read(request: Request) -> Response:
         serving = get_serving(request)
+        key: str = request.path_params["key"]
+        min_version = request.query_params.get("min_version")
+        if min_version is not None and len(min_version) > MIN_VERSION_MAX_LENGTH:
+            return error(serving, 422, f"min_version is longer than {MIN_VERSION_MAX_LENGTH} characters")
         parsed = parse(key)
         if not isinstance(parsed, ViewKey):
             return error(serving, *parsed)
@@ -181,7 +199,7 @@ def cache_router(registry: Registry[Any], *, prefix: str = "/cache") -> APIRoute
                 wanted = parse_min_version(min_version)
             except ValueError as exc:
                 return error(serving, 422, str(exc))
-        cache_control = _cache_control(parsed.view)
+        cache_control = cache_control_of(parsed.view)
         if_none_match = request.headers.get("if-none-match")
         # A value this process holds, current as of the last notification: no Redis round trip at all.
         snapshot = serving.near.get(parsed.key) if wanted is None else None
@@ -192,7 +210,7 @@ def cache_router(registry: Registry[Any], *, prefix: str = "/cache") -> APIRoute
                 if if_none_match:
                     async with serving.deadline():
                         version = await serving.redis.hget(serving.keys.value(parsed.key), VERSION)
-                    if version is not None and _matches(if_none_match, _etag(version)):
+                    if version is not None and etag_matches(if_none_match, etag_of(version)):
                         return _not_modified(version, cache_control)
                 snapshot = await _read_one(serving, parsed.key)
                 if snapshot is None:
@@ -207,12 +225,12 @@ def cache_router(registry: Registry[Any], *, prefix: str = "/cache") -> APIRoute
             return error(serving, 503, f"{parsed.key!r} is not cached yet; it was requested", retry=True)
         if snapshot.data is None:
             return error(serving, 404, f"{parsed.key!r} no longer exists")
-        if if_none_match and _matches(if_none_match, _etag(snapshot.version)):
+        if if_none_match and etag_matches(if_none_match, etag_of(snapshot.version)):
             return _not_modified(snapshot.version, cache_control)
         return Response(
             content=snapshot.data,
             media_type="application/json",
-            headers={"ETag": _etag(snapshot.version), "Cache-Control": cache_control},
+            headers={"ETag": etag_of(snapshot.version), "Cache-Control": cache_control},
         )
 
     return router
@@ -242,7 +260,7 @@ async def _fetch_missing(serving: Serving, view_key: str) -> Snapshot | None:
 
 
 def _not_modified(version: bytes | str | int, cache_control: str) -> Response:
-    return Response(status_code=304, headers={"ETag": _etag(version), "Cache-Control": cache_control})
+    return Response(status_code=304, headers={"ETag": etag_of(version), "Cache-Control": cache_control})
 
 
 def _item_error(status: int, detail: str) -> bytes:

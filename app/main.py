@@ -20,6 +20,7 @@ from app.api import api_router
 from app.cache_routes import cache_router
 from app.dashboard import dashboard_router
 from app.db import open_database
+from app.fastpath import FastReads
 from app.seed import ensure_seeded
 from app.serving import Serving
 from app.settings import AppSettings
@@ -75,6 +76,8 @@ def create_app(settings: AppSettings | None = None) -> FastAPI:
 
     app = FastAPI(title="freshviews scoreboard", lifespan=lifespan)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    # Hot cached keys are answered from process memory before routing (the same answer the route gives).
+    app.add_middleware(FastReads, registry=registry)
     app.add_exception_handler(IntegrityError, _conflict)
     app.add_exception_handler(DBAPIError, _database_unavailable)
     app.include_router(api_router())

@@ -50,12 +50,13 @@ class NearCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def get(self, view_key: str) -> Snapshot | None:
+    def get(self, view_key: str, *, count_miss: bool = True) -> Snapshot | None:
         if not self.enabled:
             return None
         snapshot = self._entries.get(view_key)
         if snapshot is None:
-            NEAR_CACHE_READS.labels("miss").inc()
+            if count_miss:
+                NEAR_CACHE_READS.labels("miss").inc()
             return None
         self._entries.move_to_end(view_key)
         NEAR_CACHE_READS.labels("hit").inc()

@@ -1,0 +1,86 @@
+"""FastReads answers hot keys before routing, exactly as the route would; everything else reaches the route."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+from prometheus_client import REGISTRY
+from redis.asyncio import Redis
+from serving_support import FAST, build_app, put
+from serving_views import registry
+
+from app.fastpath import FastReads
+from app.serving import ServingSettings
+from publisher.keys import Keys
+
+
+@pytest.fixture
+async def clients(redis_url: str) -> AsyncIterator[tuple[httpx.AsyncClient, httpx.AsyncClient]]:
+    """The same app twice: with the middleware, and the routes alone."""
+    fast = build_app(registry, redis_url, ServingSettings(**FAST))
+    fast.add_middleware(FastReads, registry=registry)
+    plain = build_app(registry, redis_url, ServingSettings(**FAST))
+    async with (
+        LifespanManager(fast) as fast_app,
+        LifespanManager(plain) as plain_app,
+        httpx.AsyncClient(transport=httpx.ASGITransport(fast_app.app), base_url="http://t") as with_fast,
+        httpx.AsyncClient(transport=httpx.ASGITransport(plain_app.app), base_url="http://t") as without,
+    ):
+        yield with_fast, without
+
+
+def _fast(status: str) -> float:
+    return REGISTRY.get_sample_value("freshviews_fast_reads_total", {"status": status}) or 0.0
+
+
+async def test_a_hot_key_gets_the_routes_answer_without_the_route(
+    clients: tuple[httpx.AsyncClient, httpx.AsyncClient], redis: Redis, keys: Keys
+) -> None:
+    fast, plain = clients
+    version = await put(redis, keys, "item/1", b'{ "odd" :  "bytes" }')
+    await fast.get("/cache/item/1")  # the route reads Redis and keeps the value in memory
+    before = _fast("200"), _fast("304")
+    answers = [await client.get("/cache/item/1") for client in (fast, plain)]
+    assert [a.status_code for a in answers] == [200, 200]
+    assert answers[0].content == answers[1].content == b'{ "odd" :  "bytes" }'
+    for header in ("etag", "cache-control", "content-type", "content-length"):
+        assert answers[0].headers[header] == answers[1].headers[header], header
+    assert answers[0].headers["etag"] == f'"{version}"'
+    not_modified = [
+        await client.get("/cache/item/1", headers={"If-None-Match": f'W/"{version}"'}) for client in (fast, plain)
+    ]
+    assert [r.status_code for r in not_modified] == [304, 304]
+    assert not_modified[0].content == b""
+    assert not_modified[0].headers["etag"] == not_modified[1].headers["etag"]
+    assert (_fast("200"), _fast("304")) == (before[0] + 1, before[1] + 1)  # both answered before routing
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/cache/item/2", "/cache/item/abc", "/cache/nope/1", "/cache/item/1?min_version=1", "/cache/views"],
+)
+async def test_anything_else_gets_exactly_the_routes_answer(
+    clients: tuple[httpx.AsyncClient, httpx.AsyncClient], redis: Redis, keys: Keys, path: str
+) -> None:
+    fast, plain = clients
+    await put(redis, keys, "item/1", {"id": 1})
+    answered = _fast("200")
+    with_fast, without = await fast.get(path), await plain.get(path)
+    assert _fast("200") == answered
+    assert with_fast.status_code == without.status_code
+    assert with_fast.json() == without.json()
+
+
+async def test_a_deleted_key_is_left_to_the_route(
+    clients: tuple[httpx.AsyncClient, httpx.AsyncClient], redis: Redis, keys: Keys
+) -> None:
+    fast, _ = clients
+    await put(redis, keys, "item/1", {"id": 1})
+    await put(redis, keys, "item/1", None)
+    await fast.get("/cache/item/1")
+    response = await fast.get("/cache/item/1")
+    assert response.status_code == 404
+    assert "no longer exists" in response.json()["detail"]
