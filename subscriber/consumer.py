@@ -22,13 +22,13 @@ from redis.exceptions import ResponseError
 from publisher.events import FIELD, Change, ChangeDecodeError, decode
 from publisher.keys import Keys
 from subscriber import metrics
+from subscriber.groups import Entry, ensure_group, read_group
 from subscriber.recompute import Recomputer
 from subscriber.registry import Registry, ViewKey
 from subscriber.store import WriteOutcome
 
 logger = logging.getLogger(__name__)
 
-Entry = tuple[bytes, dict[bytes, bytes]]
 #: Dead-letter entries keep at most this much of the original payload (the reason matters more than a 1 MB body).
 DEAD_LETTER_PAYLOAD_BYTES = 4096
 
@@ -92,19 +92,8 @@ class ChangeConsumer:
         self._dead_letter_maxlen = dead_letter_maxlen
 
     async def ensure_group(self) -> bool:
-        """Create the consumer group (and the stream) if missing; True when it had to be created.
-
-        A new group starts at the beginning of the retained log: replaying is safe (recomputes are
-        idempotent and coalesced), skipping is not.
-        """
-        try:
-            await self._redis.xgroup_create(self._keys.changes, self.group, id="0", mkstream=True)
-        except ResponseError as exc:
-            if "BUSYGROUP" in str(exc):
-                return False
-            raise
-        logger.info("created consumer group %r on %s", self.group, self._keys.changes)
-        return True
+        """Create the consumer group (and the stream) if missing; True when it had to be created."""
+        return await ensure_group(self._redis, self._keys.changes, self.group)
 
     async def trimmed_gap(self, *, reported: bytes | None = None) -> bytes | None:
         """The oldest change id kept if the log lost changes this group never read, else None.
@@ -140,17 +129,15 @@ class ChangeConsumer:
 
     async def read(self, *, pending: bool = False, block: bool = True) -> list[Entry]:
         """The next batch: new changes, or with ``pending`` this consumer's own unacknowledged ones."""
-        reply: Any = await self._redis.xreadgroup(
+        return await read_group(
+            self._redis,
+            self._keys.changes,
             self.group,
             self.consumer,
-            {self._keys.changes: "0" if pending else ">"},
             count=self._batch_size,
-            block=None if pending or not block else self._block_ms,
+            block_ms=self._block_ms if block else None,
+            pending=pending,
         )
-        if not reply:
-            return []
-        entries: list[Entry] = reply[0][1]
-        return entries
 
     async def reclaim(self) -> list[Entry]:
         """Take over changes left pending by consumers idle longer than ``reclaim_idle_ms``.

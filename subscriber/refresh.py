@@ -24,7 +24,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from publisher.keys import REFRESH_KEY, Keys
-from subscriber.consumer import Entry
+from subscriber.groups import Entry, ensure_group, read_group
 from subscriber.recompute import Recomputer
 from subscriber.registry import InvalidKeyError, Registry, UnknownViewError, ViewKey
 from subscriber.store import CacheStore
@@ -77,27 +77,18 @@ class RefreshConsumer:
 
     async def ensure_group(self) -> bool:
         """Create the group (and the stream) if missing; True when it had to be created."""
-        try:
-            await self._redis.xgroup_create(self._keys.refresh, self.group, id="0", mkstream=True)
-        except ResponseError as exc:
-            if "BUSYGROUP" in str(exc):
-                return False
-            raise
-        logger.info("created consumer group %r on %s", self.group, self._keys.refresh)
-        return True
+        return await ensure_group(self._redis, self._keys.refresh, self.group)
 
     async def read(self, *, pending: bool = False, block: bool = True) -> list[Entry]:
-        reply: Any = await self._redis.xreadgroup(
+        return await read_group(
+            self._redis,
+            self._keys.refresh,
             self.group,
             self.consumer,
-            {self._keys.refresh: "0" if pending else ">"},
             count=self._batch_size,
-            block=None if pending or not block else self._block_ms,
+            block_ms=self._block_ms if block else None,
+            pending=pending,
         )
-        if not reply:
-            return []
-        entries: list[Entry] = reply[0][1]
-        return entries
 
     def _parse(self, entry: Entry) -> ViewKey | None:
         raw = entry[1].get(REFRESH_KEY)

@@ -24,7 +24,8 @@ from redis.exceptions import RedisError, ResponseError
 from publisher.connections import check_redis, where
 from publisher.keys import Keys
 from subscriber import metrics
-from subscriber.consumer import BatchOutcome, ChangeConsumer, Entry
+from subscriber.consumer import BatchOutcome, ChangeConsumer
+from subscriber.groups import Entry
 from subscriber.recompute import Recomputer
 from subscriber.refresh import RefreshConsumer
 from subscriber.registry import Registry
