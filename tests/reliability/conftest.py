@@ -39,9 +39,11 @@ async def world(tmp_path: Path, redis_url: str, source_url: str) -> AsyncIterato
     try:
         yield world
     finally:
+        world.sampling = False
         sampler.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await sampler
+        with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+            async with asyncio.timeout(5):
+                await sampler
         for proc, _ in world.subscribers.values():
             proc.stop()
         print(world.logs())  # shown when the test failed

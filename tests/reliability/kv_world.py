@@ -44,6 +44,9 @@ class World:
     highest: dict[str, int] = field(default_factory=dict)
     violations: list[str] = field(default_factory=list)
     writes: int = 0
+    #: Cleared to stop the sampler (a flag as well as cancellation: a Redis client retrying a command can
+    #: swallow the cancellation of the sampler's task).
+    sampling: bool = True
 
     def start(self, name: str, *, redis_url: str | None = None, **env: str) -> Process:
         """Start a subscriber process (on ``redis_url``, e.g. through a fault proxy; default: the cache)."""
@@ -91,7 +94,7 @@ class World:
     async def sample(self) -> None:
         """Every 10 ms, every key's version: record any that went down."""
         keys = [f"kv/{i}" for i in range(1, ROWS + 1)]
-        while True:
+        while self.sampling:
             try:
                 async with self.cache.pipeline(transaction=False) as pipe:
                     for key in keys:
