@@ -134,6 +134,7 @@ class UpdateHub:
         self._watchers: dict[str, set[Mailbox]] = {}
         self._mailboxes: set[Mailbox] = set()
         self._connected = asyncio.Event()
+        self._closed = False
         self._heard = time.monotonic()
         self._down_since: float | None = time.monotonic()
         self._last_error = "not connected yet"
@@ -213,10 +214,15 @@ class UpdateHub:
 
     # -- the subscription ----------------------------------------------------------------------------------
 
+    def stop(self) -> None:
+        """Make :meth:`run` return at its next step (besides cancelling it: a Redis client retrying a command
+        can swallow a cancellation, and a shutdown must not depend on that)."""
+        self._closed = True
+
     async def run(self) -> None:
-        """Subscribe and dispatch until cancelled; every failure is logged and retried with backoff."""
+        """Subscribe and dispatch until cancelled or closed; every failure is logged and retried with backoff."""
         delay = 0.1
-        while True:
+        while not self._closed:
             subscriptions = self._subscriptions
             try:
                 await self._listen()
@@ -239,7 +245,7 @@ class UpdateHub:
         try:
             await pubsub.subscribe(self._keys.updates_channel)
             pinged = time.monotonic()
-            while True:
+            while not self._closed:
                 # A quiet channel and a dead link look the same from here: ping, and expect to hear back.
                 now = time.monotonic()
                 if now - self._heard > PING_EVERY * 3 + self._read_timeout:

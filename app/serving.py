@@ -182,8 +182,11 @@ class Serving:
     ) -> None:
         await self.refresher.aclose()
         if self._hub_task is not None:
+            self.hub.stop()
             self._hub_task.cancel()
-            await asyncio.gather(self._hub_task, return_exceptions=True)
+            done, _ = await asyncio.wait({self._hub_task}, timeout=5)
+            if not done:
+                logger.error("the update hub did not stop within 5s; leaving it behind")
             self._hub_task = None
 
     @asynccontextmanager
@@ -197,7 +200,7 @@ class Serving:
 
 
 def _hub_ended(task: asyncio.Task[None]) -> None:
-    # run() only ends by cancellation; anything else means no stream of this process gets updates any more.
+    # run() ends by cancellation or stop() at shutdown; an exception means no stream of this process gets updates.
     if not task.cancelled() and task.exception() is not None:
         logger.error("the update hub ended: %r", task.exception())
 
