@@ -16,6 +16,7 @@ import httpx
 import uvicorn
 
 from app.db import open_database
+from app.listen import serve
 from app.main import create_app
 from app.seed import drop_schema, ensure_seeded
 from app.settings import AppSettings
@@ -41,6 +42,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     serve.add_argument("--host", help="default: APP_HOST or 127.0.0.1")
     serve.add_argument("--port", type=int, help="default: APP_PORT or 8000")
     serve.add_argument("--no-access-log", action="store_true", help="do not log every request")
+    serve.add_argument(
+        "--workers", type=int, help="worker processes sharing the socket (default: WEB_CONCURRENCY or 1)"
+    )
+    serve.add_argument(
+        "--timeout-graceful-shutdown",
+        type=float,
+        default=10.0,
+        help="seconds a stop waits for open requests and event streams before closing them (default 10)",
+    )
 
     sim = commands.add_parser("simulate", help="send realistic writes to a running backend")
     sim.add_argument("--url", help="backend base URL (default: http://APP_HOST:APP_PORT)")
@@ -66,14 +76,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = AppSettings()
     if args.command == "serve":
         settings = settings.model_copy(update=_given(host=args.host, port=args.port))
-        uvicorn.run(
-            create_app(settings),
+        workers = args.workers or int(os.environ.get("WEB_CONCURRENCY", "1"))
+        config = uvicorn.Config(
+            # Worker processes each build the app from the environment; one process uses the settings here.
+            "app.main:create_app" if workers > 1 else create_app(settings),
+            factory=workers > 1,
             host=settings.host,
             port=settings.port,
+            workers=workers,
             log_level=args.log_level.lower(),
             access_log=not args.no_access_log,
+            timeout_graceful_shutdown=args.timeout_graceful_shutdown,
         )
-        return 0
+        # The exit status uvicorn.run gives a server that failed to start (a port in use, an app that failed).
+        return 0 if serve(config, settings) else 3
     if args.command == "simulate":
         url = args.url or f"http://{settings.host}:{settings.port}"
         return _run(_simulate(settings, url, rate=args.rate, duration=args.duration, seed=args.seed))

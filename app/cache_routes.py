@@ -212,7 +212,7 @@ def cache_router(registry: Registry[Any], *, prefix: str = "/cache") -> APIRoute
                         version = await serving.redis.hget(serving.keys.value(parsed.key), VERSION)
                     if version is not None and etag_matches(if_none_match, etag_of(version)):
                         return _not_modified(version, cache_control)
-                snapshot = await _read_one(serving, parsed.key)
+                (snapshot,) = await serving.reads.read([parsed.key])
                 if snapshot is None:
                     snapshot = await _fetch_missing(serving, parsed.key)
         except CacheUnavailableError as exc:
@@ -234,22 +234,6 @@ def cache_router(registry: Registry[Any], *, prefix: str = "/cache") -> APIRoute
         )
 
     return router
-
-
-async def _read_one(serving: Serving, view_key: str) -> Snapshot | None:
-    """Read one key from Redis, and keep it in the process's memory unless a newer one was announced meanwhile."""
-    serving.near.reading(view_key)
-    try:
-        async with serving.deadline():
-            snapshot = (await read_snapshots(serving.redis, serving.keys, [view_key]))[0]
-    except BaseException:
-        serving.near.abandon(view_key)
-        raise
-    if snapshot is None:
-        serving.near.abandon(view_key)
-    else:
-        serving.near.offer(snapshot)
-    return snapshot
 
 
 async def _fetch_missing(serving: Serving, view_key: str) -> Snapshot | None:

@@ -16,10 +16,14 @@ Correctness rests on three rules:
 - Versions never go down here either: an entry is replaced only by a snapshot with a higher fence.
 
 The size is bounded (least recently used entries go first).
+
+It also lists the reads of a key from Redis in flight that a new reader may share (app/reads.py): one that
+began after the key's latest announcement, and only while memory is trusted, by the same reasoning.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections import OrderedDict
 from collections.abc import Callable
 
@@ -41,6 +45,7 @@ class NearCache:
         #: Reads of a key from Redis in flight, and the newest version announced for it meanwhile.
         self._reading: dict[str, int] = {}
         self._announced: dict[str, int] = {}
+        self._shared: dict[str, asyncio.Future[Snapshot | None]] = {}
         self._live = False
 
     @property
@@ -91,8 +96,25 @@ class NearCache:
         while len(self._entries) > self._capacity:
             self._entries.popitem(last=False)
 
+    def joinable(self, view_key: str) -> asyncio.Future[Snapshot | None] | None:
+        """A read of ``view_key`` from Redis in flight that began after its latest announcement, to share."""
+        return self._shared.get(view_key) if self.enabled else None
+
+    def share(self, view_key: str, result: asyncio.Future[Snapshot | None]) -> None:
+        """``result`` will hold a read of ``view_key`` from Redis starting now; others may join it until it is
+        done or a newer version is announced."""
+        self._shared[view_key] = result
+
+        def done(_: asyncio.Future[Snapshot | None]) -> None:
+            if self._shared.get(view_key) is result:
+                del self._shared[view_key]
+
+        result.add_done_callback(done)
+
     def announced(self, view_key: str, version: int) -> None:
         """A write of ``view_key`` at ``version`` was notified: drop an older copy, remember it for reads in flight."""
+        # A read in flight may have reached Redis before this write: later readers start their own.
+        self._shared.pop(view_key, None)
         current = self._entries.get(view_key)
         if current is not None and current.fence < version:
             del self._entries[view_key]
@@ -102,8 +124,10 @@ class NearCache:
     def connected(self) -> None:
         """The subscription is (re)made: whatever happened while it was down is unknown, so start empty."""
         self._entries.clear()
+        self._shared.clear()
         self._live = True
 
     def disconnected(self) -> None:
         self._live = False
         self._entries.clear()
+        self._shared.clear()

@@ -33,6 +33,7 @@ from redis.exceptions import RedisError
 
 from app.hub import UpdateHub
 from app.nearcache import NearCache
+from app.reads import SharedReads
 from app.refresh import Refresher
 from publisher.keys import Keys
 
@@ -75,13 +76,19 @@ class ServingSettings(BaseSettings):
     sse_max_streams_per_client: int = Field(default=0, ge=0)
     #: Seconds between heartbeat comments on an idle stream (keeps proxies from closing it); 0 = none.
     sse_ping: float = Field(default=15.0, ge=0)
-    #: A client that does not take an event (or ping) within this many seconds is disconnected.
+    #: A client that does not take an event (or ping) within this many seconds is disconnected. A send waits
+    #: only once the buffers towards the client are full: see socket_send_buffer. Also the kernel's timeout
+    #: (TCP_USER_TIMEOUT) for a connection that acknowledges nothing or keeps its window shut (app/listen.py).
     sse_send_timeout: float = Field(default=10.0, gt=0)
     #: On reconnect, a key whose version is older than Last-Event-ID by more than this many seconds is not
     #: sent again (see app/stream.py for why a margin is needed); 0 trusts Last-Event-ID exactly.
     sse_resume_grace: float = Field(default=60.0, ge=0)
     #: The longest wait between attempts to resubscribe to update notifications, seconds.
     sse_reconnect_max: float = Field(default=5.0, gt=0)
+    #: SO_SNDBUF of the connections the app accepts, bytes (0 = the kernel's, autotuned up to megabytes): how
+    #: much can be queued to a client that stopped reading before a send to it stalls (app/listen.py). Applies
+    #: where the server is started through app/listen.py, as ``python -m app serve`` does.
+    socket_send_buffer: int = Field(default=65_536, ge=0)
 
 
 class CacheUnavailableError(RuntimeError):
@@ -166,6 +173,7 @@ class Serving:
             maxlen=settings.cache_refresh_maxlen,
             deadline=self.deadline,
         )
+        self.reads = SharedReads(redis, keys, self.near, self.deadline)
         self.streams = StreamSlots(total=settings.sse_max_streams, per_client=settings.sse_max_streams_per_client)
         self._hub_task: asyncio.Task[None] | None = None
 
@@ -181,6 +189,7 @@ class Serving:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.refresher.aclose()
+        await self.reads.aclose()
         if self._hub_task is not None:
             self.hub.stop()
             self._hub_task.cancel()

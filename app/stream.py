@@ -26,26 +26,40 @@ start is covered; resending a value the client has is harmless. A Last-Event-ID 
 ignored (everything is resent) rather than refused, since a refused EventSource stops reconnecting.
 
 One Redis subscription serves every stream of the process (app/hub.py); each stream has a mailbox keeping the
-latest value per key, so a slow client skips intermediate versions. A client that does not read for
-``sse_send_timeout`` seconds is dropped. Caps: ``sse_max_keys`` keys per stream (400),
-``sse_max_streams`` streams per process (503) and optionally ``sse_max_streams_per_client`` per client
-address (429). Unknown keys get 404 and invalid ones 422, before the stream starts.
+latest value per key, so a slow client skips intermediate versions. Initial values come from the process's
+memory where it holds them (app/nearcache.py), so a herd of reconnecting streams costs Redis nothing.
+
+A client that does not read for ``sse_send_timeout`` seconds is dropped (counted in
+``freshviews_serving_streams_dropped_total``); how soon that is noticed depends on the buffers towards the
+client, which app/listen.py keeps small. Caps: ``sse_max_keys`` keys per stream (400), ``sse_max_streams``
+streams per process (503) and optionally ``sse_max_streams_per_client`` per client address (429). Unknown
+keys get 404 and invalid ones 422, before the stream starts.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response
+from prometheus_client import Counter as MetricCounter
 from sse_starlette import EventSourceResponse
+from sse_starlette.sse import SendTimeoutError
 from starlette.types import Receive, Scope, Send
 
-from app.hub import Mailbox, Snapshot, read_snapshots
+from app.hub import Mailbox, Snapshot
 from app.serving import CacheUnavailableError, StreamLimitError, error, get_serving
 from subscriber.registry import InvalidKeyError, Registry, UnknownViewError
+
+logger = logging.getLogger(__name__)
+
+STREAMS_DROPPED = MetricCounter(
+    "freshviews_serving_streams_dropped_total",
+    "SSE streams dropped because the client took nothing for the send timeout",
+)
 
 _EVENT_ID = re.compile(r"0|[1-9][0-9]{0,18}")
 _LINES = re.compile(rb"\r\n|\r|\n")
@@ -91,15 +105,24 @@ async def events(box: Mailbox, initial: Sequence[Snapshot | None], resume: int |
 
 class StreamResponse(EventSourceResponse):
     """An EventSourceResponse that runs ``on_close`` however the response ends, even if the body never started
-    (the client left first): the stream's mailbox and slot are released exactly once."""
+    (the client left first): the stream's mailbox and slot are released exactly once. A client that stopped
+    reading is dropped as a matter of course: counted and logged in one line, not as an application error."""
 
-    def __init__(self, content: AsyncIterator[bytes], *, on_close: Callable[[], None], **kwargs: Any) -> None:
+    def __init__(
+        self, content: AsyncIterator[bytes], *, client: str, on_close: Callable[[], None], **kwargs: Any
+    ) -> None:
         super().__init__(content, **kwargs)
+        self._client = client
         self._on_close = on_close
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await super().__call__(scope, receive, send)
+        except SendTimeoutError:
+            # The response stays unfinished: uvicorn closes the connection, and the kernel resets it once the
+            # send timeout passes again with nothing taken (app/listen.py), which frees the socket.
+            STREAMS_DROPPED.inc()
+            logger.info("dropped the stream of %s: it took nothing for %ss", self._client, self.send_timeout)
         finally:
             self._on_close()
 
@@ -150,8 +173,8 @@ def stream_router(registry: Registry[Any]) -> APIRouter:
                 serving.streams.release(client)
 
         try:
-            async with serving.deadline():
-                initial = await read_snapshots(serving.redis, serving.keys, view_keys)
+            # From memory where this process holds the keys: a herd of reconnecting streams costs no Redis.
+            initial = await serving.reads.current(view_keys)
         except CacheUnavailableError as exc:
             release()
             return error(serving, 503, str(exc), retry=True)
@@ -163,6 +186,7 @@ def stream_router(registry: Registry[Any]) -> APIRouter:
                 serving.refresher.request(view_key)
         return StreamResponse(
             events(box, initial, resume_point(last_event_id, settings.sse_resume_grace)),
+            client=client,
             on_close=release,
             ping=settings.sse_ping,
             send_timeout=settings.sse_send_timeout,

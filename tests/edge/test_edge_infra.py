@@ -35,8 +35,9 @@ COMPOSE_FILE = INFRA / "docker-compose.yml"
 DOCKERFILE = INFRA / "Dockerfile"
 SYSTEMD = INFRA / "systemd"
 SERVICES = {"redis", "postgres", "app", "subscriber", "nginx"}
-#: Read by the processes without being settings fields: uvicorn's worker count, the interpreter's own.
-OTHER_ENV = {"WEB_CONCURRENCY", "PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE"}
+#: Read by the processes without being settings fields: uvicorn's worker count and trusted proxies, the
+#: interpreter's own.
+OTHER_ENV = {"WEB_CONCURRENCY", "FORWARDED_ALLOW_IPS", "PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE"}
 #: Values for the variables compose requires from the operator's environment.
 OPERATOR_ENV = {"REDIS_PASSWORD": "r3dis", "POSTGRES_PASSWORD": "pg-secret"}
 
@@ -154,11 +155,12 @@ def test_compose_env_values_pass_the_settings_validation(
 def test_compose_app_command_serves_app_port(compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
     args = command(compose, "app")
     app = settings_from(service_env(compose, "app"), monkeypatch, AppSettings)
-    assert args[:3] == ["uvicorn", "app.main:create_app", "--factory"]
-    assert int(option(args, "--port")) == app.port
-    assert option(args, "--host") == app.host == "0.0.0.0"
+    # The app's own command: it makes the listening socket that drops clients that stop reading (app/listen.py).
+    assert args[:4] == ["python", "-m", "app", "serve"]
+    assert app.host == "0.0.0.0"
     assert compose["services"]["app"]["expose"] == [str(app.port)]
     assert int(service_env(compose, "app")["WEB_CONCURRENCY"]) >= 2
+    assert service_env(compose, "app")["FORWARDED_ALLOW_IPS"] == "*"  # nginx is another container
 
 
 def test_compose_subscriber_command_loads_the_registry(compose: dict[str, Any]) -> None:
@@ -351,14 +353,12 @@ def test_the_compose_app_command_runs_the_app_in_several_workers(
     compose: dict[str, Any], edge_stack: Stack, tmp_path: Path
 ) -> None:
     args = command(compose, "app")
+    assert args[0] == "python"
     port = free_port()
-    args[args.index("--host") + 1] = "127.0.0.1"
-    args[args.index("--port") + 1] = str(port)
     log_path = tmp_path / "uvicorn.log"
-    env = edge_stack.env(APP_PORT=str(port), WEB_CONCURRENCY="2")
+    env = edge_stack.env(APP_HOST="127.0.0.1", APP_PORT=str(port), WEB_CONCURRENCY="2")
     with log_path.open("wb") as log:
-        # `uvicorn` is the console script of the same environment; -m uvicorn is the same program.
-        proc = subprocess.Popen([sys.executable, "-m", *args], env=env, cwd=REPO, stdout=log, stderr=log)
+        proc = subprocess.Popen([sys.executable, *args[1:]], env=env, cwd=REPO, stdout=log, stderr=log)
     try:
         deadline = time.monotonic() + 60
         while True:

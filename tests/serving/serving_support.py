@@ -19,6 +19,7 @@ from helpers import free_port, wait_until
 from redis.asyncio import Redis
 
 from app.cache_routes import cache_router
+from app.listen import listening_socket
 from app.serving import Serving, ServingSettings
 from publisher.connections import create_redis
 from publisher.keys import Keys
@@ -71,14 +72,16 @@ class _Server(uvicorn.Server):
 
 
 @asynccontextmanager
-async def live_server(app: FastAPI) -> AsyncIterator[str]:
-    """Serve ``app`` with uvicorn on a free port in this event loop; yield its base URL."""
+async def live_server(app: FastAPI, settings: ServingSettings | None = None) -> AsyncIterator[str]:
+    """Serve ``app`` with uvicorn on a free port in this event loop, on the socket ``python -m app serve`` would
+    make for ``settings`` (default: the defaults); yield its base URL."""
     port = free_port()
     config = uvicorn.Config(
         app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", timeout_graceful_shutdown=2
     )
+    sock = listening_socket(config, settings or ServingSettings())
     server = _Server(config)
-    task = asyncio.create_task(server.serve())
+    task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
         await wait_until(lambda: server.started or task.done(), 10, message="uvicorn did not start")
         assert server.started, "uvicorn failed to start"
@@ -86,6 +89,7 @@ async def live_server(app: FastAPI) -> AsyncIterator[str]:
     finally:
         server.should_exit = True
         await asyncio.wait_for(task, 10)
+        sock.close()
 
 
 async def put(redis: Redis, keys: Keys, key: str, value: Any | bytes | None) -> int:

@@ -1,0 +1,87 @@
+"""Reads from Redis are shared: a herd of readers of a key not held in memory costs one round trip, a reader
+never joins a read that may predate a write announced before it came, and one that gives up fails no other."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from redis.asyncio import Redis
+from serving_support import OpenClient, put, serving_of
+
+from app.hub import Snapshot
+from app.nearcache import NearCache
+from publisher.keys import Keys
+
+
+async def _hmgets(redis: Redis) -> int:
+    stats = await redis.info("commandstats")
+    return int(stats.get("cmdstat_hmget", {}).get("calls", 0))
+
+
+async def test_a_herd_of_readers_of_a_key_not_in_memory_costs_one_read(
+    open_client: OpenClient, redis: Redis, keys: Keys
+) -> None:
+    client, _ = await open_client()
+    value = {"pad": "x" * 100_000}
+    version = await put(redis, keys, "item/1", value)
+    await redis.config_resetstat()
+    responses = await asyncio.gather(*(client.get("/cache/item/1") for _ in range(200)))
+    assert {r.status_code for r in responses} == {200}
+    assert all(json.loads(r.content) == value and r.headers["etag"] == f'"{version}"' for r in responses)
+    assert await _hmgets(redis) == 1
+
+
+async def test_a_reader_that_gives_up_fails_no_other(open_client: OpenClient, redis: Redis, keys: Keys) -> None:
+    _, app = await open_client()
+    reads = serving_of(app).reads
+    version = await put(redis, keys, "item/1", {"id": 1})
+    await redis.config_resetstat()
+    first = asyncio.create_task(reads.read(["item/1"]))
+    await asyncio.sleep(0)  # the first reader has started the read
+    second = asyncio.create_task(reads.read(["item/1", "item/2"]))
+    await asyncio.sleep(0)
+    first.cancel()
+    shared, absent = await second
+    assert shared is not None
+    assert shared.version == version
+    assert json.loads(shared.data or b"") == {"id": 1}
+    assert absent is None
+    assert first.cancelled()
+    assert await _hmgets(redis) == 2  # item/1 once for both readers, item/2 on its own
+
+
+def _pending() -> asyncio.Future[Snapshot | None]:
+    return asyncio.get_running_loop().create_future()
+
+
+async def test_a_read_is_shared_only_until_a_newer_version_is_announced() -> None:
+    near = NearCache(10)
+    near.connected()
+    read = _pending()
+    near.share("k", read)
+    assert near.joinable("k") is read
+    near.announced("k", 200)  # the read may have reached Redis before this write: a later reader reads anew
+    assert near.joinable("k") is None
+    again = _pending()
+    near.share("k", again)
+    read.set_result(None)  # the older read finishing does not withdraw the newer one
+    await asyncio.sleep(0)
+    assert near.joinable("k") is again
+    again.set_result(None)
+    await asyncio.sleep(0)
+    assert near.joinable("k") is None
+
+
+async def test_reads_are_not_shared_while_announcements_may_be_missed() -> None:
+    heard = True
+    near = NearCache(10, live=lambda: heard)
+    near.connected()
+    read = _pending()
+    near.share("k", read)
+    heard = False
+    assert near.joinable("k") is None
+    heard = True
+    near.disconnected()
+    near.connected()
+    assert near.joinable("k") is None
