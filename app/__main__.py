@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import copy
 import logging
 import os
 import signal
@@ -14,6 +15,7 @@ from typing import Any
 
 import httpx
 import uvicorn
+import uvicorn.config
 
 from app.db import open_database
 from app.listen import serve
@@ -25,6 +27,7 @@ from publisher.connections import redis_url_or_embedded
 
 logger = logging.getLogger("app")
 
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 STOP_TIMEOUT = 15.0
 START_TIMEOUT = 60.0
 
@@ -70,7 +73,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT)
     # httpx logs every request at INFO; the simulator's summary says what matters.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     settings = AppSettings()
@@ -85,6 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             port=settings.port,
             workers=workers,
             log_level=args.log_level.lower(),
+            log_config=_log_config(args.log_level),
             access_log=not args.no_access_log,
             timeout_graceful_shutdown=args.timeout_graceful_shutdown,
         )
@@ -97,6 +101,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(_seed(settings, reset=args.reset))
     settings = settings.model_copy(update=_given(port=args.port))
     return _run(_demo(settings, rate=args.rate, duration=args.duration))
+
+
+def _log_config(level: str) -> dict[str, Any]:
+    """uvicorn's logging plus the root logger as main() sets it up; uvicorn applies it in every worker process,
+    which do not run main() (without it, workers would log nothing below WARNING of the app's own)."""
+    config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    config["formatters"]["plain"] = {"format": LOG_FORMAT}
+    config["handlers"]["plain"] = {"class": "logging.StreamHandler", "formatter": "plain", "stream": "ext://sys.stderr"}
+    config["root"] = {"handlers": ["plain"], "level": level.upper()}
+    return config
 
 
 def _given(**values: object) -> dict[str, object]:

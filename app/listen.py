@@ -22,6 +22,8 @@ sits on (loopback, or a LAN behind the proxy). TCP_USER_TIMEOUT is Linux's; else
 
 from __future__ import annotations
 
+import contextlib
+import os
 import socket
 
 import uvicorn
@@ -36,22 +38,30 @@ def listening_socket(config: uvicorn.Config, settings: ServingSettings) -> socke
     sock = config.bind_socket()
     if settings.socket_send_buffer:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, settings.socket_send_buffer)
-    if sock.family in (socket.AF_INET, socket.AF_INET6) and hasattr(socket, "TCP_USER_TIMEOUT"):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, round(settings.sse_send_timeout * 1000))
+    if hasattr(socket, "TCP_USER_TIMEOUT"):
+        # Not by sock.family: uvicorn wraps an inherited fd as AF_UNIX whatever it is. A Unix socket refuses it.
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, round(settings.sse_send_timeout * 1000))
     return sock
 
 
 def serve(config: uvicorn.Config, settings: ServingSettings) -> bool:
-    """Run uvicorn on :func:`listening_socket`, as ``uvicorn.run`` would: in this process, or in
-    ``config.workers`` worker processes (``config.app`` then being an import string) sharing the socket.
-    Returns when the server stops: False if it never started (in a single process)."""
+    """Run uvicorn on :func:`listening_socket` as ``uvicorn.run`` would (without reload): in this process, or
+    in ``config.workers`` worker processes sharing the socket, ``config.app`` then being an import string.
+    Returns when the server stops (Ctrl-C included): False if it never started (in a single process)."""
+    if config.workers > 1 and not isinstance(config.app, str):
+        raise ValueError("worker processes need the app as an import string, such as 'app.main:create_app'")
     sock = listening_socket(config, settings)
+    server = uvicorn.Server(config)
     try:
         if config.workers > 1:
             Multiprocess(config, sockets=[sock]).run()
             return True
-        server = uvicorn.Server(config)
         server.run(sockets=[sock])
-        return server.started
+    except KeyboardInterrupt:
+        pass
     finally:
         sock.close()
+        if config.uds and os.path.exists(config.uds):
+            os.remove(config.uds)
+    return server.started

@@ -69,7 +69,7 @@ class SharedReads:
         if own:
             task = asyncio.create_task(self._read(own), name="freshviews-cache-read")
             self._reads.add(task)
-            task.add_done_callback(self._reads.discard)
+            task.add_done_callback(lambda t: self._ended(t, own))
         # shield: a reader that is cancelled leaves the read (and its other readers) alone.
         return [await asyncio.shield(results[key]) for key in view_keys]
 
@@ -96,6 +96,14 @@ class SharedReads:
             else:
                 self._near.offer(snapshot)
             results[key].set_result(snapshot)
+
+    def _ended(self, task: asyncio.Task[None], results: dict[str, asyncio.Future[Snapshot | None]]) -> None:
+        self._reads.discard(task)
+        # A read cancelled before it began (at shutdown), or one that failed past its own handling: its readers
+        # must not wait forever.
+        for result in results.values():
+            if not result.done():
+                result.cancel()
 
     async def aclose(self) -> None:
         """Cancel the reads in flight (at shutdown); their readers see them cancelled."""

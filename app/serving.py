@@ -109,8 +109,8 @@ STREAMS_REFUSED = MetricCounter("freshviews_serving_streams_refused_total", "SSE
 
 
 class StreamSlots:
-    """Counts open SSE streams, in total and per client address (``request.client.host``: behind a proxy, run
-    uvicorn with ``--proxy-headers`` and ``--forwarded-allow-ips`` so that it is the real client's)."""
+    """Counts open SSE streams, in total and per client address (``request.client.host``: behind a proxy, let
+    uvicorn trust its X-Forwarded-For, with ``FORWARDED_ALLOW_IPS``, so that it is the real client's)."""
 
     def __init__(self, *, total: int, per_client: int) -> None:
         self._total = total

@@ -106,7 +106,7 @@ async def events(box: Mailbox, initial: Sequence[Snapshot | None], resume: int |
 class StreamResponse(EventSourceResponse):
     """An EventSourceResponse that runs ``on_close`` however the response ends, even if the body never started
     (the client left first): the stream's mailbox and slot are released exactly once. A client that stopped
-    reading is dropped as a matter of course: counted and logged in one line, not as an application error."""
+    reading is dropped as a matter of course: counted and logged, not raised into the server as a failure."""
 
     def __init__(
         self, content: AsyncIterator[bytes], *, client: str, on_close: Callable[[], None], **kwargs: Any
@@ -118,9 +118,10 @@ class StreamResponse(EventSourceResponse):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await super().__call__(scope, receive, send)
-        except SendTimeoutError:
-            # The response stays unfinished: uvicorn closes the connection, and the kernel resets it once the
-            # send timeout passes again with nothing taken (app/listen.py), which frees the socket.
+        except* SendTimeoutError:  # a group when the ping and an event timed out together
+            # The response stays unfinished: uvicorn closes the connection (logging that it was unfinished), and
+            # the kernel resets it once the send timeout passes again with nothing taken (app/listen.py), which
+            # frees the socket.
             STREAMS_DROPPED.inc()
             logger.info("dropped the stream of %s: it took nothing for %ss", self._client, self.send_timeout)
         finally:

@@ -373,6 +373,8 @@ def test_the_compose_app_command_runs_the_app_in_several_workers(
             assert time.monotonic() < deadline, f"two healthy workers did not come up:\n{log_text}"
             time.sleep(0.1)
         assert len(set(re.findall(r"Started server process \[(\d+)\]", log_text))) == 2
+        # Each worker logs the app's own lines, in the app's format (workers do not run the parent's set-up).
+        assert log_text.count("INFO app.main: scoreboard backend ready") == 2, log_text
         assert httpx.get(f"http://127.0.0.1:{port}/cache/stats/global", timeout=5).status_code == 200
     finally:
         proc.terminate()

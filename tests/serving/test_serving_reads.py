@@ -51,6 +51,20 @@ async def test_a_reader_that_gives_up_fails_no_other(open_client: OpenClient, re
     assert await _hmgets(redis) == 2  # item/1 once for both readers, item/2 on its own
 
 
+async def test_readers_of_a_read_cancelled_at_shutdown_do_not_wait_forever(
+    open_client: OpenClient, redis: Redis, keys: Keys
+) -> None:
+    _, app = await open_client()
+    reads = serving_of(app).reads
+    await put(redis, keys, "item/1", {"id": 1})
+    reader = asyncio.create_task(reads.read(["item/1"]))
+    await asyncio.sleep(0)  # the reader has started a read task, which has not run yet
+    await reads.aclose()
+    done, _ = await asyncio.wait({reader}, timeout=2)
+    assert done, "the reader still waits on a read that was cancelled"
+    assert reader.cancelled()
+
+
 def _pending() -> asyncio.Future[Snapshot | None]:
     return asyncio.get_running_loop().create_future()
 
