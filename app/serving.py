@@ -20,6 +20,7 @@ import logging
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from types import TracebackType
 
 from fastapi import Request
@@ -104,6 +105,19 @@ class StreamLimitError(RuntimeError):
         self.detail = detail
 
 
+#: Set in the task of a stream dropped because its client stopped reading (app/stream.py).
+STREAM_DROPPED: ContextVar[bool] = ContextVar("freshviews_stream_dropped", default=False)
+
+
+class DroppedStreamFilter(logging.Filter):
+    """Silences uvicorn's "ASGI callable returned without completing response." for a stream dropped on
+    purpose: the drop is counted and logged already, and an ERROR per frozen client would read as a fault.
+    uvicorn logs it in the request's own task, after the app returned, so the context variable still says."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (STREAM_DROPPED.get() and record.getMessage().startswith("ASGI callable returned without"))
+
+
 STREAMS_OPEN = Gauge("freshviews_serving_streams_open", "SSE streams open in this process")
 STREAMS_REFUSED = MetricCounter("freshviews_serving_streams_refused_total", "SSE streams refused by a cap", ["status"])
 
@@ -176,8 +190,10 @@ class Serving:
         self.reads = SharedReads(redis, keys, self.near, self.deadline)
         self.streams = StreamSlots(total=settings.sse_max_streams, per_client=settings.sse_max_streams_per_client)
         self._hub_task: asyncio.Task[None] | None = None
+        self._log_filter = DroppedStreamFilter()
 
     async def __aenter__(self) -> Serving:
+        logging.getLogger("uvicorn.error").addFilter(self._log_filter)
         self._hub_task = asyncio.create_task(self.hub.run(), name="freshviews-update-hub")
         self._hub_task.add_done_callback(_hub_ended)
         # Streams opened right after start-up should not miss updates; a Redis that is down does not block start.
@@ -188,6 +204,7 @@ class Serving:
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
+        logging.getLogger("uvicorn.error").removeFilter(self._log_filter)
         await self.refresher.aclose()
         await self.reads.aclose()
         if self._hub_task is not None:

@@ -51,7 +51,7 @@ from sse_starlette.sse import SendTimeoutError
 from starlette.types import Receive, Scope, Send
 
 from app.hub import Mailbox, Snapshot
-from app.serving import CacheUnavailableError, StreamLimitError, error, get_serving
+from app.serving import STREAM_DROPPED, CacheUnavailableError, StreamLimitError, error, get_serving
 from subscriber.registry import InvalidKeyError, Registry, UnknownViewError
 
 logger = logging.getLogger(__name__)
@@ -119,9 +119,10 @@ class StreamResponse(EventSourceResponse):
         try:
             await super().__call__(scope, receive, send)
         except* SendTimeoutError:  # a group when the ping and an event timed out together
-            # The response stays unfinished: uvicorn closes the connection (logging that it was unfinished), and
-            # the kernel resets it once the send timeout passes again with nothing taken (app/listen.py), which
-            # frees the socket.
+            # The response stays unfinished: uvicorn closes the connection (its note that the response was
+            # unfinished is silenced by DroppedStreamFilter), and the kernel resets it once the send timeout
+            # passes again with nothing taken (app/listen.py), which frees the socket.
+            STREAM_DROPPED.set(True)
             STREAMS_DROPPED.inc()
             logger.info("dropped the stream of %s: it took nothing for %ss", self._client, self.send_timeout)
         finally:
