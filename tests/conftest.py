@@ -21,6 +21,7 @@ import pytest
 from redis.asyncio import Redis
 
 from publisher.embedded import EmbeddedRedis, find_redis_server, ping
+from publisher.keys import Keys
 
 T = TypeVar("T")
 
@@ -92,6 +93,12 @@ async def redis(redis_url: str) -> AsyncIterator[Redis]:
         yield client
     finally:
         await client.aclose()
+
+
+@pytest.fixture
+def keys() -> Keys:
+    """The product's Redis key names, default prefix."""
+    return Keys()
 
 
 def _run_in_thread(coro: Coroutine[Any, Any, T]) -> T:

@@ -11,20 +11,15 @@ import asyncio
 import json
 import random
 import statistics
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Any
 
 import httpx
 import pytest
 from asgi_lifespan import LifespanManager
-from fastapi import FastAPI
 from kv_views import ROWS, registry
 from redis.asyncio import Redis
+from serving_support import build_app
 
-from app.cache_routes import cache_router
-from app.serving import Serving, ServingSettings
-from publisher.connections import create_redis
+from app.serving import ServingSettings
 from publisher.keys import Keys
 from subscriber.store import CacheStore, PendingWrite
 
@@ -32,23 +27,6 @@ pytestmark = pytest.mark.slow
 
 READS = 20_000
 WORKERS = 20
-
-
-def _app(redis_url: str) -> FastAPI:
-    @asynccontextmanager
-    async def lifespan(_app: FastAPI) -> AsyncIterator[dict[str, Any]]:
-        redis = create_redis(redis_url)
-        try:
-            # No copies in memory: every read must go to Redis, where the cancellations are to happen.
-            settings = ServingSettings(cache_miss_wait=0, cache_memory_keys=0)
-            async with Serving(redis=redis, keys=Keys(), settings=settings) as serving:
-                yield {"serving": serving}
-        finally:
-            await redis.aclose()
-
-    app = FastAPI(lifespan=lifespan)
-    app.include_router(cache_router(registry))
-    return app
 
 
 async def test_cancelled_reads_never_return_another_keys_value(redis: Redis) -> None:
@@ -62,7 +40,8 @@ async def test_cancelled_reads_never_return_another_keys_value(redis: Redis) -> 
             for i, (name, ticket) in enumerate(zip(names, tickets, strict=True))
         ]
     )
-    app = _app(_url(redis))
+    # No copies in memory: every read must go to Redis, where the cancellations are to happen.
+    app = build_app(registry, _url(redis), ServingSettings(cache_miss_wait=0, cache_memory_keys=0))
     mismatches: list[str] = []
     cancelled = answered = 0
 

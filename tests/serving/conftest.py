@@ -22,11 +22,6 @@ from subscriber.settings import SubscriberSettings
 
 
 @pytest.fixture
-def keys() -> Keys:
-    return Keys()
-
-
-@pytest.fixture
 def world() -> World:
     return seeded_world()
 
