@@ -18,7 +18,9 @@ Correctness rests on three rules:
 The size is bounded (least recently used entries go first).
 
 It also lists the reads of a key from Redis in flight that a new reader may share (app/reads.py): one that
-began after the key's latest announcement, and only while memory is trusted, by the same reasoning.
+began after the key's latest announcement. Unlike memory, this needs no trust in the subscription: a read in
+flight is at most one read deadline old, so a write it might miss while announcements go unheard is that
+recent (see app/reads.py).
 """
 
 from __future__ import annotations
@@ -98,7 +100,7 @@ class NearCache:
 
     def joinable(self, view_key: str) -> asyncio.Future[Snapshot | None] | None:
         """A read of ``view_key`` from Redis in flight that began after its latest announcement, to share."""
-        return self._shared.get(view_key) if self.enabled else None
+        return self._shared.get(view_key) if self._capacity > 0 else None
 
     def share(self, view_key: str, result: asyncio.Future[Snapshot | None]) -> None:
         """``result`` will hold a read of ``view_key`` from Redis starting now; others may join it until it is

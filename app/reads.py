@@ -7,8 +7,11 @@ they queue behind each other on the connection pool past the read deadline, and 
 a time serves them all.
 
 A reader joins a read in flight only if no newer version of the key was announced since that read began
-(app/nearcache.py drops it from the shareable ones at the announcement), and only while announcements are
-being heard: so it never gets a value older than one announced before it arrived, as with a read of its own.
+(app/nearcache.py drops it from the shareable ones at the announcement): so it never gets a value older than
+one announced before it arrived, as with a read of its own. This holds even while announcements go unheard
+(a busy event loop answers the subscription's pings late, and memory is then not trusted) up to the age of
+the read it joins, which the read deadline bounds: a herd arriving on a loaded process is when sharing
+matters most. With ``cache_memory_keys`` 0 every read goes to Redis on its own.
 The shared read runs as its own task, bounded by the read deadline, so a reader that gives up (its client
 left) does not fail the others. Each value read is kept in memory unless a newer version was announced
 meanwhile.
