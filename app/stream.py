@@ -41,6 +41,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Annotated, Any
 
@@ -81,6 +82,35 @@ def encode_event(snapshot: Snapshot) -> bytes:
     return b"event: update\nid: %d\n%b\n" % (snapshot.version, data)
 
 
+class RecentEvents:
+    """The SSE bytes of recent snapshots, kept up to ``max_bytes`` in all (least recently used go first).
+
+    The hub hands the same snapshot to every stream watching its key, and each would encode it again: about
+    2 ms for a 200 kB value, times every stream. A snapshot is taken by its streams within moments, so a small
+    byte budget serves them all; a bound in bytes rather than entries keeps big values from piling up here.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self._entries: OrderedDict[Snapshot, bytes] = OrderedDict()
+        self._bytes = 0
+        self._max_bytes = max_bytes
+
+    def encode(self, snapshot: Snapshot) -> bytes:
+        encoded = self._entries.get(snapshot)
+        if encoded is not None:
+            self._entries.move_to_end(snapshot)
+            return encoded
+        encoded = self._entries[snapshot] = encode_event(snapshot)
+        self._bytes += len(encoded)
+        while self._bytes > self._max_bytes and len(self._entries) > 1:
+            _, dropped = self._entries.popitem(last=False)
+            self._bytes -= len(dropped)
+        return encoded
+
+
+_RECENT = RecentEvents(max_bytes=1 << 20)
+
+
 def resume_point(last_event_id: str | None, grace_seconds: float) -> int | None:
     """The highest version a reconnecting client is known to hold for every key, or None (send everything)."""
     if last_event_id is None or not _EVENT_ID.fullmatch(last_event_id.strip()):
@@ -94,13 +124,13 @@ async def events(box: Mailbox, initial: Sequence[Snapshot | None], resume: int |
     for snapshot in sorted((s for s in initial if s is not None), key=lambda s: s.version):
         sent[snapshot.key] = snapshot.version
         if resume is None or snapshot.version > resume:
-            yield encode_event(snapshot)
+            yield _RECENT.encode(snapshot)
     while True:
         for snapshot in await box.take():
             # A resync after a reconnect delivers every key again: only what the client lacks goes out.
             if snapshot.version > sent.get(snapshot.key, -1):
                 sent[snapshot.key] = snapshot.version
-                yield encode_event(snapshot)
+                yield _RECENT.encode(snapshot)
 
 
 class StreamResponse(EventSourceResponse):

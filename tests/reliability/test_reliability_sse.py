@@ -106,6 +106,7 @@ async def test_streams_killed_or_frozen_leave_nothing_behind(redis_url: str, red
         await _fill_pool(serving)
         baseline = await _resources(redis)
         rss: list[int] = []
+        n = 0  # writes of the big value, across cycles
         # One cycle more than measured for memory: the first sets the allocator's footprint (about 20 MB here,
         # which Python and glibc keep for reuse rather than hand back); growth is what comes after it. The other
         # resources are held to the baseline taken before any stream, from the first cycle on.
@@ -117,10 +118,9 @@ async def test_streams_killed_or_frozen_leave_nothing_behind(redis_url: str, red
                 _kill(sock)
             frozen = socks[STREAMS // 2 :]  # still connected, never read again
             started = time.monotonic()
-            n = 0
             while serving.streams.open and time.monotonic() - started < GONE_WITHIN:
                 n += 1
-                await put(redis, keys, "item/1", BIG.replace(b"x", str(n % 10).encode(), 1))
+                await put(redis, keys, "item/1", BIG.replace(b"x", str(n).encode(), 1))  # each one new
                 await asyncio.sleep(WRITE_EVERY)
             took = time.monotonic() - started
             assert serving.streams.open == 0, f"cycle {cycle}: {serving.streams.open} streams open after {took:.1f}s"

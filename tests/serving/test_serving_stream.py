@@ -19,7 +19,9 @@ from redis.asyncio import Redis
 from serving_support import SSEReader, build_app, live_server, put
 from serving_views import registry
 
+from app.hub import Snapshot
 from app.serving import Serving, ServingSettings
+from app.stream import RecentEvents, encode_event
 from publisher.embedded import EmbeddedRedis
 from publisher.keys import Keys
 
@@ -245,3 +247,15 @@ async def test_a_lost_subscription_is_remade_and_current_values_resent(
         event = await sse.next(timeout=10)
         assert (event.id, event.json()["data"]) == (str(version), {"n": 1})
         assert serving.hub.health() == "ok"
+
+
+def test_a_snapshot_is_encoded_once_for_all_its_streams_within_a_byte_budget() -> None:
+    recent = RecentEvents(max_bytes=3_000)
+    first = Snapshot("item/1", 1, b'{"pad": "' + b"a" * 1_000 + b'"}', 1)
+    encoded = recent.encode(first)
+    assert encoded == encode_event(first)
+    assert recent.encode(Snapshot("item/1", 1, first.data, 1)) is encoded  # an equal snapshot: the same bytes
+    for n in range(2, 5):  # about 1 kB each: the oldest goes once the budget is spent
+        recent.encode(Snapshot(f"item/{n}", n, first.data, n))
+    assert recent.encode(first) is not encoded
+    assert recent.encode(first) == encoded
