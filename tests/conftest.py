@@ -20,8 +20,8 @@ import asyncpg
 import pytest
 from redis.asyncio import Redis
 
-from publisher.embedded import EmbeddedRedis, find_redis_server, ping
-from publisher.keys import Keys
+from freshviews.core.embedded import EmbeddedRedis, find_redis_server, ping
+from freshviews.core.keys import Keys
 
 T = TypeVar("T")
 

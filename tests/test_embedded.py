@@ -14,7 +14,7 @@ from helpers import free_port
 from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
-from publisher.embedded import EmbeddedRedis, find_redis_server, ping
+from freshviews.core.embedded import EmbeddedRedis, find_redis_server, ping
 
 
 @pytest.fixture

@@ -9,10 +9,10 @@ import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 
-from app.db import Database, open_database
-from app.main import create_app
-from app.seed import ensure_seeded
-from app.settings import AppSettings
+from freshviews.scoreboard.db import Database, open_database
+from freshviews.scoreboard.main import create_app
+from freshviews.scoreboard.seed import ensure_seeded
+from freshviews.scoreboard.settings import AppSettings
 
 # Small enough to seed in well under a second, big enough that every region and team has players.
 SMALL = {"seed_players": 60, "seed_teams": 6, "seed_scores": 600}

@@ -13,12 +13,12 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from app import ranking, views
-from app.db import Database
-from app.views import Leaderboard, PlayerDetail, compute_leaderboard, compute_player, registry
-from publisher.events import Change, Operation, decode
-from publisher.keys import Keys
-from subscriber.registry import MISSING
+from freshviews.core.events import Change, Operation, decode
+from freshviews.core.keys import Keys
+from freshviews.core.views import MISSING
+from freshviews.scoreboard import ranking, views
+from freshviews.scoreboard.db import Database
+from freshviews.scoreboard.views import Leaderboard, PlayerDetail, compute_leaderboard, compute_player, registry
 
 GONE = "<missing>"
 

@@ -13,14 +13,14 @@ from helpers import free_port
 from redis.asyncio import Redis
 from sqlalchemy import func, select
 
-from app.db import Database
-from app.main import create_app
-from app.models import Player, Score
-from app.settings import AppSettings
-from app.views import PlayerDetail, compute_leaderboard, compute_player, compute_stats_global
-from publisher.events import Change, decode
-from publisher.keys import Keys
-from publisher.publish import Publisher
+from freshviews.core.events import Change, decode
+from freshviews.core.keys import Keys
+from freshviews.publish.publisher import Publisher
+from freshviews.scoreboard.db import Database
+from freshviews.scoreboard.main import create_app
+from freshviews.scoreboard.models import Player, Score
+from freshviews.scoreboard.settings import AppSettings
+from freshviews.scoreboard.views import PlayerDetail, compute_leaderboard, compute_player, compute_stats_global
 
 CHANGES = Keys().changes
 

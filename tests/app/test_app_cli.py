@@ -32,7 +32,12 @@ def env_for(tmp_path: Path, redis_url: str, **extra: str) -> dict[str, str]:
 
 def run(args: list[str], env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "app", *args], env=env, capture_output=True, text=True, timeout=timeout, check=False
+        [sys.executable, "-m", "freshviews.scoreboard", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
     )
 
 
@@ -77,7 +82,7 @@ def test_demo_runs_the_stack_for_its_duration_and_stops_it(tmp_path: Path, redis
 def test_demo_stops_its_children_on_sigterm(tmp_path: Path, redis_url: str) -> None:
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "app", "demo", "--port", str(port), "--rate", "5"],
+        [sys.executable, "-m", "freshviews.scoreboard", "demo", "--port", str(port), "--rate", "5"],
         env=env_for(tmp_path, redis_url),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

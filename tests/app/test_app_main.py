@@ -8,7 +8,7 @@ import httpx
 import pytest
 from starlette.types import Receive, Scope, Send
 
-from app.main import BodySizeLimit
+from freshviews.scoreboard.main import BodySizeLimit
 
 
 class Echo:

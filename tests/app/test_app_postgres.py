@@ -9,11 +9,11 @@ import pytest
 from asgi_lifespan import LifespanManager
 from redis.asyncio import Redis
 
-from app.db import open_database
-from app.main import create_app
-from app.settings import AppSettings
-from app.views import registry
-from publisher.keys import Keys
+from freshviews.core.keys import Keys
+from freshviews.scoreboard.db import open_database
+from freshviews.scoreboard.main import create_app
+from freshviews.scoreboard.settings import AppSettings
+from freshviews.scoreboard.views import registry
 
 pytestmark = pytest.mark.postgres
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from app.settings import AppSettings
+from freshviews.scoreboard.settings import AppSettings
 
 
 @pytest.mark.parametrize(

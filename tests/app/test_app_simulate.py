@@ -11,10 +11,10 @@ import uvicorn
 from helpers import free_port, wait_until
 from redis.asyncio import Redis
 
-from app.main import create_app
-from app.settings import AppSettings
-from app.simulate import _Pool, simulate
-from publisher.keys import Keys
+from freshviews.core.keys import Keys
+from freshviews.scoreboard.main import create_app
+from freshviews.scoreboard.settings import AppSettings
+from freshviews.scoreboard.simulate import _Pool, simulate
 
 
 @pytest.fixture

@@ -13,12 +13,13 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from app import ranking, views
-from app.db import Database, open_database
-from app.models import REGIONS, Player, Score, Team
-from app.seed import ensure_seeded
-from app.settings import AppSettings
-from app.views import (
+from freshviews.core.views import MISSING
+from freshviews.scoreboard import ranking, views
+from freshviews.scoreboard.db import Database, open_database
+from freshviews.scoreboard.models import REGIONS, Player, Score, Team
+from freshviews.scoreboard.seed import ensure_seeded
+from freshviews.scoreboard.settings import AppSettings
+from freshviews.scoreboard.views import (
     GlobalStats,
     Leaderboard,
     PlayerDetail,
@@ -29,7 +30,6 @@ from app.views import (
     compute_team,
     registry,
 )
-from subscriber.registry import MISSING
 
 
 @dataclass
@@ -161,7 +161,7 @@ def test_importing_the_views_touches_no_database(tmp_path: Path) -> None:
     env = {**os.environ, "DATABASE_URL": "postgresql://nobody@127.0.0.1:9/none", "FRESHVIEWS_DATA_DIR": str(tmp_path)}
     started = datetime.now(UTC)
     result = subprocess.run(
-        [sys.executable, "-c", "import app.views as v; print(len(v.registry.views))"],
+        [sys.executable, "-c", "import freshviews.scoreboard.views as v; print(len(v.registry.views))"],
         env=env,
         capture_output=True,
         text=True,

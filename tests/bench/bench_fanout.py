@@ -21,7 +21,7 @@ from bench_stack import Stack
 from bench_support import Config, Figures, percentile
 from redis.asyncio import Redis
 
-from publisher.keys import Keys
+from freshviews.core.keys import Keys
 
 ROUTE = "/cache/stream"
 PLAYER = 1
@@ -198,8 +198,8 @@ async def _fan_out(stack: Stack, k: int, rounds: int) -> dict[str, Any]:
 
 def _routes() -> set[str]:
     """Paths the backend serves, from its OpenAPI schema (building the app opens nothing: the lifespan does)."""
-    from app.main import create_app
-    from app.settings import AppSettings
+    from freshviews.scoreboard.main import create_app
+    from freshviews.scoreboard.settings import AppSettings
 
     return set(create_app(AppSettings()).openapi().get("paths", {}))
 

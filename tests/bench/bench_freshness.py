@@ -24,8 +24,8 @@ from bench_stack import Stack, metric, scrape
 from bench_support import Config, Figures, percentile, ratio, rounded
 from redis.asyncio import Redis
 
-from publisher.keys import DATA, Keys
-from subscriber.settings import SubscriberSettings
+from freshviews.core.keys import DATA, Keys
+from freshviews.worker.settings import SubscriberSettings
 
 DEFAULT_SWEEP_INTERVAL = SubscriberSettings.model_fields["sweep_interval"].default
 IN_FLIGHT = 64

@@ -28,9 +28,9 @@ from bench_http import Pool, poll
 from bench_stack import Proc, Stack, wait_http
 from bench_support import Config, Figures, goal, ratio, rounded
 
-from app.models import REGIONS
-from app.simulate import Summary, simulate
-from subscriber.settings import SubscriberSettings
+from freshviews.scoreboard.models import REGIONS
+from freshviews.scoreboard.simulate import Summary, simulate
+from freshviews.worker.settings import SubscriberSettings
 
 logger = logging.getLogger(__name__)
 

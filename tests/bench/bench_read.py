@@ -20,12 +20,12 @@ from bench_http import RateResult, run_python_rate, run_wrk, wrk_available
 from bench_stack import Proc, Stack, wait_http
 from bench_support import BENCH_DIR, Config, Figures, free_port, ratio, rounded
 
-from app.db import open_database
-from app.views import registry
-from publisher.connections import create_redis
-from publisher.keys import Keys
-from subscriber.recompute import Recomputer
-from subscriber.store import CacheStore
+from freshviews.core.connections import create_redis
+from freshviews.core.keys import Keys
+from freshviews.scoreboard.db import open_database
+from freshviews.scoreboard.views import registry
+from freshviews.worker.recompute import Recomputer
+from freshviews.worker.store import CacheStore
 
 KEY = "leaderboard/eu"
 

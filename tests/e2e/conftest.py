@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from stack import Stack
 
-from publisher.embedded import EmbeddedRedis
+from freshviews.core.embedded import EmbeddedRedis
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

@@ -13,9 +13,9 @@ from pathlib import Path
 import httpx
 from helpers import free_port
 
-from app.db import open_database
-from app.views import registry
-from publisher.embedded import EmbeddedRedis
+from freshviews.core.embedded import EmbeddedRedis
+from freshviews.scoreboard.db import open_database
+from freshviews.scoreboard.views import registry
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -105,11 +105,13 @@ class Stack:
         return env
 
     def seed(self) -> None:
-        command = [sys.executable, "-m", "app", "seed"]
+        command = [sys.executable, "-m", "freshviews.scoreboard", "seed"]
         subprocess.run(command, env=self.env(), cwd=REPO, check=True, capture_output=True, timeout=120)
 
     def start_app(self) -> Process:
-        self.app = Process("app", ["-m", "app", "serve", "--no-access-log"], self.env(), self.tmp / "app.log")
+        self.app = Process(
+            "app", ["-m", "freshviews.scoreboard", "serve", "--no-access-log"], self.env(), self.tmp / "app.log"
+        )
         self.app.start()
         wait_http(f"{self.base_url}/healthz", self.app)
         return self.app
@@ -117,7 +119,7 @@ class Stack:
     def start_subscriber(self, consumer: str = "sub-1", **env: str) -> Process:
         proc = Process(
             consumer,
-            ["-m", "subscriber", "--views", "app.views:registry", "--consumer", consumer],
+            ["-m", "freshviews.worker", "--views", "freshviews.scoreboard.views:registry", "--consumer", consumer],
             self.env(**env),
             self.tmp / f"{consumer}.log",
         )

@@ -15,7 +15,7 @@ import httpx
 import pytest
 from helpers import free_port
 
-from publisher.embedded import ping
+from freshviews.core.embedded import ping
 
 pytestmark = pytest.mark.slow
 
@@ -53,7 +53,7 @@ def test_the_demo_runs_on_embedded_defaults_and_a_write_shows_within_a_second(tm
     log = tmp_path / "demo.log"
     with log.open("w") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "app", "demo", "--port", str(port), "--rate", "2"],
+            [sys.executable, "-m", "freshviews.scoreboard", "demo", "--port", str(port), "--rate", "2"],
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,

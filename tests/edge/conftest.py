@@ -21,7 +21,7 @@ import pytest
 # The e2e tests' process harness (tests/e2e/stack.py, on pytest's pythonpath) is reused rather than copied.
 from stack import Stack, metric
 
-from publisher.embedded import EmbeddedRedis
+from freshviews.core.embedded import EmbeddedRedis
 
 CHROMIUM = "/usr/bin/chromium"
 WARM_TIMEOUT = 60.0

@@ -228,7 +228,7 @@ def test_the_page_reconnects_when_the_app_comes_back(edge_stack: Stack, browsing
     port = free_port()
     app = Process(
         "app-restarted",
-        ["-m", "app", "serve", "--no-access-log"],
+        ["-m", "freshviews.scoreboard", "serve", "--no-access-log"],
         edge_stack.env(APP_PORT=str(port)),
         tmp_path / "app.log",
     )

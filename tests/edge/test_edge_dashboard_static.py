@@ -10,9 +10,9 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from app.dashboard import FILES, STATIC_DIR, dashboard_router
-from app.main import create_app
-from app.settings import AppSettings
+from freshviews.scoreboard.dashboard import FILES, STATIC_DIR, dashboard_router
+from freshviews.scoreboard.main import create_app
+from freshviews.scoreboard.settings import AppSettings
 
 
 @pytest.fixture

@@ -26,10 +26,10 @@ from helpers import free_port
 from pydantic_settings import BaseSettings
 from stack import Stack
 
-from app.settings import AppSettings
-from subscriber.__main__ import load_registry
-from subscriber.registry import Registry
-from subscriber.settings import SubscriberSettings
+from freshviews.core.views import Registry
+from freshviews.scoreboard.settings import AppSettings
+from freshviews.worker.cli import load_registry
+from freshviews.worker.settings import SubscriberSettings
 
 COMPOSE_FILE = INFRA / "docker-compose.yml"
 DOCKERFILE = INFRA / "Dockerfile"
@@ -156,7 +156,7 @@ def test_compose_app_command_serves_app_port(compose: dict[str, Any], monkeypatc
     args = command(compose, "app")
     app = settings_from(service_env(compose, "app"), monkeypatch, AppSettings)
     # The app's own command: it makes the listening socket that drops clients that stop reading (app/listen.py).
-    assert args[:4] == ["python", "-m", "app", "serve"]
+    assert args[:4] == ["python", "-m", "freshviews.scoreboard", "serve"]
     assert app.host == "0.0.0.0"
     assert compose["services"]["app"]["expose"] == [str(app.port)]
     assert int(service_env(compose, "app")["WEB_CONCURRENCY"]) >= 2
@@ -165,7 +165,7 @@ def test_compose_app_command_serves_app_port(compose: dict[str, Any], monkeypatc
 
 def test_compose_subscriber_command_loads_the_registry(compose: dict[str, Any]) -> None:
     args = command(compose, "subscriber")
-    assert args == ["python", "-m", "subscriber", "--views", "app.views:registry"]
+    assert args == ["python", "-m", "freshviews.worker", "--views", "freshviews.scoreboard.views:registry"]
     assert isinstance(load_registry(option(args, "--views")), Registry)
 
 
@@ -209,9 +209,10 @@ def _dockerfile() -> list[tuple[str, str]]:
 def test_dockerfile_ships_every_package_and_runs_unprivileged(compose: dict[str, Any]) -> None:
     instructions = _dockerfile()
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
-    packages = {p.rstrip("*") for p in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]}
+    # Every source root the packages are mapped from (app/, publisher/, subscriber/) is copied into the image.
+    roots = {path.split("/")[0] for path in pyproject["tool"]["setuptools"]["package-dir"].values()}
     copied = {args.split()[0] for op, args in instructions if op == "COPY"}
-    assert packages <= copied, f"not copied into the image: {packages - copied}"
+    assert roots <= copied, f"not copied into the image: {roots - copied}"
     (base,) = [args for op, args in instructions if op == "FROM"]
     minimum = tuple(int(p) for p in pyproject["project"]["requires-python"].removeprefix(">=").split("."))
     version = tuple(int(p) for p in re.search(r"python:(\d+)\.(\d+)", base).groups())  # type: ignore[union-attr]
@@ -225,7 +226,7 @@ def test_dockerfile_ships_every_package_and_runs_unprivileged(compose: dict[str,
     (expose,) = [args for op, args in instructions if op == "EXPOSE"]
     assert int(expose) == int(env["APP_PORT"]) == int(service_env(compose, "app")["APP_PORT"])
     (cmd,) = [args for op, args in instructions if op == "CMD"]
-    assert cmd.startswith('["python", "-m", "app", "serve"')
+    assert cmd.startswith('["python", "-m", "freshviews.scoreboard", "serve"')
     ignored = (INFRA / "Dockerfile.dockerignore").read_text().split()
     assert {".git", ".venv", ".data"} <= set(ignored)
 
@@ -263,8 +264,12 @@ def env_file() -> dict[str, str]:
 @pytest.mark.parametrize(
     ("name", "arguments", "known"),
     [
-        ("freshviews-app.service", ["-m", "app", "serve"], APP_ENV),
-        ("freshviews-subscriber.service", ["-m", "subscriber", "--views", "app.views:registry"], SUBSCRIBER_ENV),
+        ("freshviews-app.service", ["-m", "freshviews.scoreboard", "serve"], APP_ENV),
+        (
+            "freshviews-subscriber.service",
+            ["-m", "freshviews.worker", "--views", "freshviews.scoreboard.views:registry"],
+            SUBSCRIBER_ENV,
+        ),
     ],
 )
 def test_systemd_units_run_the_documented_commands(name: str, arguments: list[str], known: set[str]) -> None:
@@ -374,7 +379,7 @@ def test_the_compose_app_command_runs_the_app_in_several_workers(
             time.sleep(0.1)
         assert len(set(re.findall(r"Started server process \[(\d+)\]", log_text))) == 2
         # Each worker logs the app's own lines, in the app's format (workers do not run the parent's set-up).
-        assert log_text.count("INFO app.main: scoreboard backend ready") == 2, log_text
+        assert log_text.count("INFO freshviews.scoreboard.main: scoreboard backend ready") == 2, log_text
         assert httpx.get(f"http://127.0.0.1:{port}/cache/stats/global", timeout=5).status_code == 200
     finally:
         proc.terminate()

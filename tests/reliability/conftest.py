@@ -12,8 +12,8 @@ from kv_views import ROWS, Source
 from kv_world import KEYS, World
 from redis.asyncio import Redis
 
-from publisher.embedded import EmbeddedRedis
-from publisher.publish import Publisher
+from freshviews.core.embedded import EmbeddedRedis
+from freshviews.publish.publisher import Publisher
 
 
 @pytest.fixture

@@ -19,8 +19,8 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from publisher.events import Change
-from subscriber.registry import MISSING, Int, Params, Registry, View
+from freshviews.core.events import Change
+from freshviews.core.views import MISSING, Int, Params, Registry, View
 
 ROWS = 500
 

@@ -21,9 +21,9 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from stack import Process, wait_http
 
-from publisher.events import Change, Operation
-from publisher.keys import DATA, VERSION, Keys
-from publisher.publish import Publisher
+from freshviews.core.events import Change, Operation
+from freshviews.core.keys import DATA, VERSION, Keys
+from freshviews.publish.publisher import Publisher
 
 HERE = Path(__file__).resolve().parent
 RECLAIM_IDLE_MS = 1000
@@ -53,7 +53,7 @@ class World:
         port = free_port()
         proc = Process(
             name,
-            ["-m", "subscriber", "--views", "kv_views:registry", "--consumer", name],
+            ["-m", "freshviews.worker", "--views", "kv_views:registry", "--consumer", name],
             {
                 **{k: v for k, v in os.environ.items() if not k.startswith(("SUBSCRIBER_", "KV_"))},
                 "PYTHONPATH": str(HERE),

@@ -116,7 +116,15 @@ async def _flows(stack: Stack) -> None:
 def _subscriber_exits(redis_url: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
     started = time.monotonic()
     done = subprocess.run(
-        [sys.executable, "-m", "subscriber", "run", "--burst", "--views", "app.views:registry"],
+        [
+            sys.executable,
+            "-m",
+            "freshviews.worker",
+            "run",
+            "--burst",
+            "--views",
+            "freshviews.scoreboard.views:registry",
+        ],
         env={"REDIS_URL": redis_url, "FRESHVIEWS_DATA_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"},
         cwd=REPO,
         capture_output=True,

@@ -13,7 +13,7 @@ from kv_views import ROWS
 from kv_world import KEYS, RECLAIM_IDLE_MS, World, converged, shows
 from stack import metric
 
-from publisher.keys import DATA
+from freshviews.core.keys import DATA
 
 pytestmark = pytest.mark.slow
 

@@ -18,10 +18,10 @@ from hypothesis import HealthCheck, given, settings
 from redis.asyncio import Redis
 from stack import Stack
 
-from app.views import registry
-from publisher.embedded import EmbeddedRedis
-from publisher.keys import Keys
-from subscriber.registry import InvalidKeyError, UnknownViewError
+from freshviews.core.embedded import EmbeddedRedis
+from freshviews.core.keys import Keys
+from freshviews.core.views import InvalidKeyError, UnknownViewError
+from freshviews.scoreboard.views import registry
 
 pytestmark = pytest.mark.slow
 

@@ -14,10 +14,10 @@ from kv_views import ROWS, Source, render
 from kv_world import KEYS, World, converged, shows, warmed
 from stack import metric
 
-from publisher.embedded import EmbeddedRedis
-from publisher.events import Change, Operation
-from publisher.keys import DATA
-from publisher.publish import Publisher
+from freshviews.core.embedded import EmbeddedRedis
+from freshviews.core.events import Change, Operation
+from freshviews.core.keys import DATA
+from freshviews.publish.publisher import Publisher
 
 pytestmark = pytest.mark.slow
 

@@ -23,12 +23,12 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from redis.asyncio import Redis
 from toy_subscriber_views import COLORS, World, registry, seeded_world
 
-from publisher.events import Change, Operation
-from publisher.keys import DATA, DIGEST, TOMBSTONE, VERSION, Keys
-from publisher.publish import Publisher
-from subscriber.recompute import serialize
-from subscriber.service import Subscriber
-from subscriber.settings import SubscriberSettings
+from freshviews.core.events import Change, Operation
+from freshviews.core.keys import DATA, DIGEST, TOMBSTONE, VERSION, Keys
+from freshviews.publish.publisher import Publisher
+from freshviews.worker.recompute import serialize
+from freshviews.worker.service import Subscriber
+from freshviews.worker.settings import SubscriberSettings
 
 T = TypeVar("T")
 

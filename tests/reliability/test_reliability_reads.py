@@ -19,9 +19,9 @@ from kv_views import ROWS, registry
 from redis.asyncio import Redis
 from serving_support import build_app
 
-from app.serving import ServingSettings
-from publisher.keys import Keys
-from subscriber.store import CacheStore, PendingWrite
+from freshviews.core.keys import Keys
+from freshviews.serving.runtime import ServingSettings
+from freshviews.worker.store import CacheStore, PendingWrite
 
 pytestmark = pytest.mark.slow
 

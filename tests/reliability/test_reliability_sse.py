@@ -20,8 +20,8 @@ from redis.asyncio import Redis
 from serving_support import build_app, live_server, put
 from serving_views import registry
 
-from app.serving import ServingSettings
-from publisher.keys import Keys
+from freshviews.core.keys import Keys
+from freshviews.serving.runtime import ServingSettings
 
 pytestmark = pytest.mark.slow
 

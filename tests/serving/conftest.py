@@ -15,10 +15,10 @@ from redis.asyncio import Redis
 from serving_support import FAST, OpenClient, StartSubscriber, build_app
 from serving_views import World, registry, seeded_world
 
-from app.serving import ServingSettings
-from publisher.keys import Keys
-from subscriber.service import Subscriber
-from subscriber.settings import SubscriberSettings
+from freshviews.core.keys import Keys
+from freshviews.serving.runtime import ServingSettings
+from freshviews.worker.service import Subscriber
+from freshviews.worker.settings import SubscriberSettings
 
 
 @pytest.fixture

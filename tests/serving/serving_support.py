@@ -18,14 +18,14 @@ from fastapi import FastAPI
 from helpers import free_port, wait_until
 from redis.asyncio import Redis
 
-from app.cache_routes import cache_router
-from app.listen import listening_socket
-from app.serving import Serving, ServingSettings
-from publisher.connections import create_redis
-from publisher.keys import Keys
-from subscriber.registry import Registry
-from subscriber.service import Subscriber
-from subscriber.store import CacheStore, PendingWrite
+from freshviews.core.connections import create_redis
+from freshviews.core.keys import Keys
+from freshviews.core.views import Registry
+from freshviews.serving.listen import listening_socket
+from freshviews.serving.routes import cache_router
+from freshviews.serving.runtime import Serving, ServingSettings
+from freshviews.worker.service import Subscriber
+from freshviews.worker.store import CacheStore, PendingWrite
 
 #: Short waits so that the tests of misses and timeouts stay fast.
 FAST = {"cache_miss_wait": 0.3, "cache_min_version_wait": 1.0, "cache_redis_timeout": 0.5}

@@ -20,7 +20,7 @@ from toy_subscriber_views import (
     seeded_world,
 )
 
-from subscriber.registry import Choice, Int, Params, Registry, View
+from freshviews.core.views import Choice, Int, Params, Registry, View
 
 __all__ = ["World", "registry", "seeded_world"]
 

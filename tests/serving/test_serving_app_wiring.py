@@ -8,9 +8,9 @@ import httpx
 from redis.asyncio import Redis
 from serving_support import SSEReader, live_server, put
 
-from app.main import create_app
-from app.settings import AppSettings
-from publisher.keys import Keys
+from freshviews.core.keys import Keys
+from freshviews.scoreboard.main import create_app
+from freshviews.scoreboard.settings import AppSettings
 
 
 async def test_the_scoreboard_serves_the_stream_the_batch_and_misses(

@@ -7,8 +7,8 @@ import json
 from redis.asyncio import Redis
 from serving_support import OpenClient, RedisProxy, put
 
-from publisher.embedded import EmbeddedRedis
-from publisher.keys import Keys
+from freshviews.core.embedded import EmbeddedRedis
+from freshviews.core.keys import Keys
 
 ODD_BYTES = b'{ "z" : 1,\t"a":"caf\\u00e9" }'
 

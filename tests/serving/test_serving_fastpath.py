@@ -12,9 +12,9 @@ from redis.asyncio import Redis
 from serving_support import FAST, build_app, put
 from serving_views import registry
 
-from app.fastpath import FastReads
-from app.serving import ServingSettings
-from publisher.keys import Keys
+from freshviews.core.keys import Keys
+from freshviews.serving.fastpath import FastReads
+from freshviews.serving.runtime import ServingSettings
 
 
 @pytest.fixture

@@ -11,8 +11,8 @@ from helpers import wait_until
 from redis.asyncio import Redis
 from serving_support import put
 
-from app.hub import Mailbox, Snapshot, UpdateHub
-from publisher.keys import Keys
+from freshviews.core.keys import Keys
+from freshviews.serving.hub import Mailbox, Snapshot, UpdateHub
 
 
 @contextlib.asynccontextmanager

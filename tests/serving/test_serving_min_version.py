@@ -10,11 +10,11 @@ from redis.asyncio import Redis
 from serving_support import OpenClient, StartSubscriber, put
 from serving_views import World
 
-from app.cache_routes import parse_min_version
-from publisher.events import Change, Operation
-from publisher.keys import Keys
-from publisher.publish import Publisher
-from subscriber.store import CacheStore, PendingWrite
+from freshviews.core.events import Change, Operation
+from freshviews.core.keys import Keys
+from freshviews.publish.publisher import Publisher
+from freshviews.serving.routes import parse_min_version
+from freshviews.worker.store import CacheStore, PendingWrite
 
 
 async def test_the_read_waits_for_a_write_that_lands_later(open_client: OpenClient, redis: Redis, keys: Keys) -> None:

@@ -10,7 +10,7 @@ from redis.asyncio import Redis
 from serving_support import OpenClient, StartSubscriber, serving_of
 from serving_views import World
 
-from publisher.keys import Keys
+from freshviews.core.keys import Keys
 
 
 async def test_a_thousand_concurrent_misses_make_one_request_and_get_503_with_retry_after(

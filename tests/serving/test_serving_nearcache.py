@@ -9,9 +9,9 @@ from helpers import wait_until
 from redis.asyncio import Redis
 from serving_support import OpenClient, put
 
-from app.hub import Snapshot
-from app.nearcache import NearCache
-from publisher.keys import Keys
+from freshviews.core.keys import Keys
+from freshviews.serving.hub import Snapshot
+from freshviews.serving.memory import NearCache
 
 
 async def _redis_reads(redis: Redis) -> int:

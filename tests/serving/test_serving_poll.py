@@ -8,9 +8,9 @@ from redis.asyncio import Redis
 from serving_support import OpenClient, put
 from serving_views import registry
 
-from app.cache_routes import cache_router
-from publisher.keys import Keys
-from subscriber.registry import Int, Registry, View
+from freshviews.core.keys import Keys
+from freshviews.core.views import Int, Registry, View
+from freshviews.serving.routes import cache_router
 
 # Valid JSON, but not what any encoder in this process would produce: spacing, key order, an escape.
 ODD_BYTES = b'{ "z" : 1,\t"a":"caf\\u00e9",  "n": [1.50, 2e3] }'

@@ -10,9 +10,9 @@ import json
 from redis.asyncio import Redis
 from serving_support import OpenClient, put, serving_of
 
-from app.hub import Snapshot
-from app.nearcache import NearCache
-from publisher.keys import Keys
+from freshviews.core.keys import Keys
+from freshviews.serving.hub import Snapshot
+from freshviews.serving.memory import NearCache
 
 
 async def _hmgets(redis: Redis) -> int:

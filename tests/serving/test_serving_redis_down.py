@@ -13,10 +13,10 @@ from helpers import wait_until
 from redis.asyncio import Redis
 from serving_support import OpenClient, RedisProxy, put, serving_of
 
-from app.main import create_app
-from app.settings import AppSettings
-from publisher.embedded import EmbeddedRedis
-from publisher.keys import Keys
+from freshviews.core.embedded import EmbeddedRedis
+from freshviews.core.keys import Keys
+from freshviews.scoreboard.main import create_app
+from freshviews.scoreboard.settings import AppSettings
 
 READS = [
     ("/cache/item/1", {}),

@@ -6,9 +6,9 @@ import pytest
 from pydantic import ValidationError
 from redis.asyncio import Redis
 
-from app.serving import Serving, ServingSettings
-from app.settings import AppSettings
-from publisher.keys import Keys
+from freshviews.core.keys import Keys
+from freshviews.scoreboard.settings import AppSettings
+from freshviews.serving.runtime import Serving, ServingSettings
 
 
 def test_the_app_settings_carry_the_read_side_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

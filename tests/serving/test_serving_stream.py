@@ -19,11 +19,11 @@ from redis.asyncio import Redis
 from serving_support import SSEReader, build_app, live_server, put
 from serving_views import registry
 
-from app.hub import Snapshot
-from app.serving import Serving, ServingSettings
-from app.stream import RecentEvents, encode_event
-from publisher.embedded import EmbeddedRedis
-from publisher.keys import Keys
+from freshviews.core.embedded import EmbeddedRedis
+from freshviews.core.keys import Keys
+from freshviews.serving.hub import Snapshot
+from freshviews.serving.runtime import Serving, ServingSettings
+from freshviews.serving.stream import RecentEvents, encode_event
 
 ODD_BYTES = b'{ "z" : 1, "a":"caf\\u00e9 \xc3\xa9" }'
 
@@ -189,7 +189,7 @@ async def test_a_frozen_client_is_dropped_after_the_send_timeout_and_never_delay
 ) -> None:
     big = b'{"pad": "' + b"x" * 400_000 + b'"}'
     await put(redis, keys, "item/1", big)
-    caplog.set_level(logging.INFO, logger="app.stream")
+    caplog.set_level(logging.INFO, logger="freshviews.serving.stream")
     server_log = logging.getLogger("uvicorn.error")
     async with (
         running(redis_url, sse_send_timeout=2.0, sse_ping=0) as (base_url, serving),

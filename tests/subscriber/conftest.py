@@ -10,10 +10,10 @@ from redis.asyncio import Redis
 from subscriber_support import MakeSubscriber
 from toy_subscriber_views import World, registry, seeded_world
 
-from publisher.keys import Keys
-from publisher.publish import Publisher
-from subscriber.service import Subscriber
-from subscriber.settings import SubscriberSettings
+from freshviews.core.keys import Keys
+from freshviews.publish.publisher import Publisher
+from freshviews.worker.service import Subscriber
+from freshviews.worker.settings import SubscriberSettings
 
 
 @pytest.fixture

@@ -8,9 +8,9 @@ from typing import Any
 from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
-from publisher.events import Change, Operation
-from publisher.keys import Keys
-from subscriber.service import Subscriber
+from freshviews.core.events import Change, Operation
+from freshviews.core.keys import Keys
+from freshviews.worker.service import Subscriber
 
 #: Builds a Subscriber on the test Redis (the ``make_subscriber`` fixture).
 MakeSubscriber = Callable[..., Subscriber]

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from redis import Redis as SyncRedis
 
-from publisher.events import FIELD, Change, Operation
-from publisher.keys import DATA, Keys
+from freshviews.core.events import FIELD, Change, Operation
+from freshviews.core.keys import DATA, Keys
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -30,7 +30,7 @@ def _run(*args: str, redis_url: str, data_dir: Path) -> subprocess.CompletedProc
         SUBSCRIBER_METRICS_PORT="0",
     )
     return subprocess.run(
-        [sys.executable, "-m", "subscriber", *args],
+        [sys.executable, "-m", "freshviews.worker", *args],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -51,7 +51,7 @@ def cli(redis_url: str, tmp_path: Path) -> Cli:
 def test_help_exits_zero(cli: Cli) -> None:
     done = cli("--help")
     assert done.returncode == 0, done.stderr
-    assert "usage: python -m subscriber" in done.stdout
+    assert "usage: python -m freshviews.worker" in done.stdout
     assert "--views" in done.stdout
 
 

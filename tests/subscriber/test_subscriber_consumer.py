@@ -11,10 +11,10 @@ from redis.asyncio import Redis
 from subscriber_support import MakeSubscriber, cached, item_change, sample
 from toy_subscriber_views import World
 
-from publisher.events import FIELD, MAX_ENCODED_BYTES, Change, Operation
-from publisher.keys import DATA, Keys
-from publisher.publish import Publisher
-from subscriber.service import Subscriber
+from freshviews.core.events import FIELD, MAX_ENCODED_BYTES, Change, Operation
+from freshviews.core.keys import DATA, Keys
+from freshviews.publish.publisher import Publisher
+from freshviews.worker.service import Subscriber
 
 GROUP = "subscribers"
 HISTOGRAM = "freshviews_changes_per_recompute"

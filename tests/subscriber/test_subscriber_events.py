@@ -8,7 +8,15 @@ from typing import Any
 
 import pytest
 
-from publisher.events import FIELD, MAX_ENCODED_BYTES, SCHEMA_VERSION, Change, ChangeDecodeError, Operation, decode
+from freshviews.core.events import (
+    FIELD,
+    MAX_ENCODED_BYTES,
+    SCHEMA_VERSION,
+    Change,
+    ChangeDecodeError,
+    Operation,
+    decode,
+)
 
 #: Leave a field out of the wire body.
 _DROP = object()

@@ -10,8 +10,8 @@ from redis.asyncio import Redis
 from subscriber_support import MakeSubscriber, cached, item_change, sample
 from toy_subscriber_views import World
 
-from publisher.keys import DATA, Keys
-from publisher.publish import Publisher
+from freshviews.core.keys import DATA, Keys
+from freshviews.publish.publisher import Publisher
 
 
 async def _name(redis: Redis, keys: Keys, item_id: int) -> str | None:

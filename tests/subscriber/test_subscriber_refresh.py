@@ -10,7 +10,7 @@ from redis.asyncio import Redis
 from subscriber_support import MakeSubscriber, cached, sample
 from toy_subscriber_views import World
 
-from publisher.keys import DATA, REFRESH_KEY, Keys
+from freshviews.core.keys import DATA, REFRESH_KEY, Keys
 
 
 def _requested(outcome: str) -> float:

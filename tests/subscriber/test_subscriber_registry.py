@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 from toy_subscriber_views import VIEWS, World, compute_item, enumerate_items, registry
 
-from publisher.events import Change, Operation
-from subscriber.registry import MAX_KEY_LENGTH, Choice, Int, InvalidKeyError, Registry, Slug, UnknownViewError, View
+from freshviews.core.events import Change, Operation
+from freshviews.core.views import MAX_KEY_LENGTH, Choice, Int, InvalidKeyError, Registry, Slug, UnknownViewError, View
 
 
 def _affected_none(ctx: Any, change: Change) -> list[dict[str, Any]]:

@@ -14,11 +14,11 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from subscriber_support import MakeSubscriber, cached, item_change
 from toy_subscriber_views import World
 
-from publisher.connections import create_redis
-from publisher.embedded import EmbeddedRedis
-from publisher.keys import DATA, Keys
-from publisher.publish import Publisher
-from subscriber.service import Subscriber
+from freshviews.core.connections import create_redis
+from freshviews.core.embedded import EmbeddedRedis
+from freshviews.core.keys import DATA, Keys
+from freshviews.publish.publisher import Publisher
+from freshviews.worker.service import Subscriber
 
 
 async def _name(redis: Redis, keys: Keys, item_id: int) -> str | None:
@@ -95,7 +95,7 @@ async def test_stop_is_prompt_with_the_sweep_timer_off(
     sub = make_subscriber(sweep_interval=0, shutdown_timeout=3, reclaim_interval=0.1)
     task = asyncio.create_task(sub.run())
     await wait_until(lambda: redis.exists(keys.heartbeat("c1")), timeout=5, message="no heartbeat")
-    with caplog.at_level(logging.WARNING, logger="subscriber.service"):
+    with caplog.at_level(logging.WARNING, logger="freshviews.worker.service"):
         elapsed = await _stop(sub, task, budget=3)
     assert "handing back" not in caplog.text
     assert elapsed < 1.5, f"stop() took {elapsed:.1f}s with nothing in flight"

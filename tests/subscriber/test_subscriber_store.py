@@ -11,10 +11,10 @@ from redis.asyncio import Redis
 from subscriber_support import MakeSubscriber, cached, item_change
 from toy_subscriber_views import World, registry
 
-from publisher.keys import DATA, DIGEST, FENCE, TOMBSTONE, VERSION, Keys
-from publisher.publish import Publisher
-from subscriber.recompute import Recomputer
-from subscriber.store import CacheStore, PendingWrite, WriteOutcome, digest
+from freshviews.core.keys import DATA, DIGEST, FENCE, TOMBSTONE, VERSION, Keys
+from freshviews.publish.publisher import Publisher
+from freshviews.worker.recompute import Recomputer
+from freshviews.worker.store import CacheStore, PendingWrite, WriteOutcome, digest
 
 Updates = Callable[[], Awaitable[list[str]]]
 KEY = "item/1"

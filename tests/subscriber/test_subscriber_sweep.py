@@ -8,8 +8,8 @@ from redis.asyncio import Redis
 from subscriber_support import MakeSubscriber, cached, sample
 from toy_subscriber_views import World
 
-from publisher.keys import DATA, DIGEST, FENCE, TOMBSTONE, VERSION, Keys
-from subscriber.store import PendingWrite
+from freshviews.core.keys import DATA, DIGEST, FENCE, TOMBSTONE, VERSION, Keys
+from freshviews.worker.store import PendingWrite
 
 REPAIRS = "freshviews_sweep_repairs_total"
 

@@ -17,8 +17,8 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from publisher.events import Change
-from subscriber.registry import MISSING, Choice, Int, Params, Registry, View
+from freshviews.core.events import Change
+from freshviews.core.views import MISSING, Choice, Int, Params, Registry, View
 
 COLORS = ("red", "green", "blue")
 

@@ -1,0 +1,216 @@
+"""The scoreboard backend's FastAPI app: resources opened in the lifespan, the API, the cache routes, health."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from redis.exceptions import RedisError
+from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from freshviews.core.connections import check_redis, create_redis, redis_url_or_embedded, where
+from freshviews.core.keys import Keys
+from freshviews.publish.publisher import Publisher
+from freshviews.scoreboard.api import api_router
+from freshviews.scoreboard.dashboard import dashboard_router
+from freshviews.scoreboard.db import open_database
+from freshviews.scoreboard.seed import ensure_seeded
+from freshviews.scoreboard.settings import AppSettings
+from freshviews.scoreboard.views import registry
+from freshviews.serving.fastpath import FastReads
+from freshviews.serving.routes import cache_router
+from freshviews.serving.runtime import Serving
+
+logger = logging.getLogger(__name__)
+
+#: The longest /healthz waits for each dependency, seconds.
+HEALTH_TIMEOUT = 2.0
+
+
+def create_app(settings: AppSettings | None = None) -> FastAPI:
+    """Build the app. ``settings`` defaults to ``AppSettings()`` (the environment), read here, once."""
+    settings = settings if settings is not None else AppSettings()
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+        async with AsyncExitStack() as stack:
+            db = open_database(settings.database_url_resolved())
+            stack.push_async_callback(db.close)
+            await ensure_seeded(db, settings)
+            redis_url = await stack.enter_async_context(
+                redis_url_or_embedded(settings.redis_url, settings.data_dir, probe_local=settings.probe_local_redis)
+            )
+            redis = create_redis(redis_url, timeout=settings.redis_timeout)
+            stack.push_async_callback(redis.aclose)
+            # Refuse to start on what retrying cannot fix (credentials, TLS). A Redis that is merely down is no
+            # reason to refuse writes: they succeed, their publishes fail and are counted, the sweep repairs.
+            if not await check_redis(redis):
+                logger.warning("Redis at %s is not answering; writes go on without publishing", where(redis))
+            keys = Keys(settings.key_prefix)
+            publisher = Publisher(
+                redis,
+                keys,
+                maxlen=settings.stream_maxlen,
+                timeout=settings.publish_timeout,
+                enabled=settings.publish_enabled,
+            )
+            serving = await stack.enter_async_context(Serving(redis=redis, keys=keys, settings=settings))
+            logger.info("scoreboard backend ready (database %s, change log %s)", db.dialect, keys.changes)
+            yield {
+                "db": db,
+                "redis": redis,
+                "keys": keys,
+                "publisher": publisher,
+                "serving": serving,
+                "registry": registry,
+                "settings": settings,
+            }
+
+    app = FastAPI(title="freshviews scoreboard", lifespan=lifespan)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    # Hot cached keys are answered from process memory before routing (the same answer the route gives).
+    app.add_middleware(FastReads, registry=registry)
+    app.add_exception_handler(IntegrityError, _conflict)
+    app.add_exception_handler(DBAPIError, _database_unavailable)
+    app.include_router(api_router())
+    app.include_router(cache_router(registry))
+    app.include_router(dashboard_router())
+
+    @app.get("/healthz", tags=["ops"])
+    async def healthz(request: Request) -> JSONResponse:
+        checks = {
+            "database": await _check(request.state.db.ping(), SQLAlchemyError),
+            "redis": await _check(request.state.redis.ping(), RedisError),
+            # The one subscription every SSE stream and waiting reader of this process depends on.
+            "updates": request.state.serving.hub.health(),
+        }
+        healthy = all(value == "ok" for value in checks.values())
+        return JSONResponse(
+            {"status": "ok" if healthy else "unavailable", **checks},
+            status_code=200 if healthy else 503,
+            headers={"Cache-Control": "no-store"},
+        )
+
+    @app.get("/metrics", tags=["ops"])
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+async def _check(probe: Awaitable[Any], errors: type[Exception]) -> str:
+    try:
+        async with asyncio.timeout(HEALTH_TIMEOUT):
+            await probe
+    except (errors, OSError, TimeoutError) as exc:
+        logger.warning("health check failed: %s: %s", type(exc).__name__, exc)
+        return f"error: {type(exc).__name__}: {exc}"[:300]
+    return "ok"
+
+
+async def _conflict(_request: Request, exc: Exception) -> JSONResponse:
+    # A route maps the integrity errors it expects; this catches the rest, which are still the client's data.
+    logger.info("write rejected by a database constraint: %s", exc)
+    return JSONResponse({"detail": "the change conflicts with existing data"}, status_code=409)
+
+
+async def _database_unavailable(_request: Request, exc: Exception) -> JSONResponse:
+    logger.warning("database error: %s", exc)
+    return JSONResponse(
+        {"detail": "the database is busy or unreachable; retry shortly"},
+        status_code=503,
+        headers={"Retry-After": "1"},
+    )
+
+
+class BodyTooLarge(HTTPException):
+    """Raised from ``receive`` when a streamed body passes the limit.
+
+    An HTTPException on purpose: FastAPI re-raises those from its body parsing (anything else becomes a 400),
+    and its handler turns it into the 413.
+    """
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(status_code=413, detail=f"request body is larger than {limit} bytes")
+
+
+class BodySizeLimit:
+    """Pure ASGI middleware answering 413 to request bodies over ``max_bytes``.
+
+    A declared Content-Length over the limit is refused before the app runs; a chunked body is counted as it
+    streams, so a client cannot get past the limit by leaving the length out.
+    """
+
+    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+        if max_bytes < 1:
+            raise ValueError("max_bytes must be >= 1")
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = _content_length(scope)
+        if declared is not None and declared > self.max_bytes:
+            await self._refuse(send)
+            return
+        received = 0
+        started = False
+
+        async def receive_limited() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise BodyTooLarge(self.max_bytes)
+            return message
+
+        async def send_tracked(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive_limited, send_tracked)
+        except BodyTooLarge:
+            # Reached only when the app let it escape (a route reading the stream itself).
+            if started:
+                raise
+            await self._refuse(send)
+
+    async def _refuse(self, send: Send) -> None:
+        body = b'{"detail":"request body is larger than %d bytes"}' % self.max_bytes
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    # The unread body is still on the wire; the connection cannot be reused.
+                    (b"connection", b"close"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None

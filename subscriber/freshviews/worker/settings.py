@@ -1,0 +1,53 @@
+"""The subscriber's one settings object (environment prefix ``SUBSCRIBER_``; ``REDIS_URL`` is shared)."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from freshviews.core.settings import RedisSettings
+
+
+def _default_consumer() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class SubscriberSettings(RedisSettings):
+    model_config = SettingsConfigDict(env_prefix="SUBSCRIBER_", extra="ignore")
+
+    #: ``module:attribute`` of the :class:`~subscriber.registry.Registry` to serve.
+    views: str = "freshviews.scoreboard.views:registry"
+    group: str = Field(default="subscribers", min_length=1, max_length=64)
+    consumer: str = Field(default_factory=_default_consumer, min_length=1, max_length=128)
+    #: Changes read per XREADGROUP; all changes in one batch that touch a key cost one recompute.
+    batch_size: int = Field(default=500, ge=1, le=10_000)
+    block_ms: int = Field(default=1000, ge=1)
+    #: Recomputes running at once (protects a small backend from bursts).
+    concurrency: int = Field(default=4, ge=1, le=256)
+    #: Seconds between sweeps; 0 disables the timer (``sweep --once`` still works). This bounds how long a
+    #: change that never reached the log (Redis down at commit) stays visible. A sweep recomputes every key,
+    #: so a short interval costs what polling would: 5 minutes keeps it a few percent of a 10 s warmer.
+    sweep_interval: float = Field(default=300.0, ge=0)
+    #: Recomputes running at once during a sweep, and the most keys it recomputes per second.
+    sweep_concurrency: int = Field(default=2, ge=1, le=64)
+    sweep_rate: float = Field(default=1000.0, gt=0)
+    #: A change pending this long on a consumer is presumed abandoned and reclaimed.
+    reclaim_idle_ms: int = Field(default=30_000, ge=100)
+    reclaim_interval: float = Field(default=5.0, gt=0)
+    #: Attempts at a failing recompute before its changes go to the dead-letter stream.
+    max_attempts: int = Field(default=3, ge=1, le=100)
+    retry_backoff: float = Field(default=0.1, ge=0)
+    #: A change delivered this many times without being acknowledged is dead-lettered (a crash loop guard).
+    max_deliveries: int = Field(default=5, ge=1)
+    dead_letter_maxlen: int = Field(default=10_000, ge=1)
+    #: How long a deleted view's tombstone (and its version fence) is kept, seconds.
+    tombstone_ttl: int = Field(default=86_400, ge=1)
+    heartbeat_ttl: int = Field(default=15, ge=2)
+    #: Port of the Prometheus /metrics endpoint; 0 disables it.
+    metrics_port: int = Field(default=9101, ge=0, le=65535)
+    metrics_host: str = "127.0.0.1"
+    #: Seconds a shutdown waits for the batch in flight before handing it back.
+    shutdown_timeout: float = Field(default=10.0, gt=0)

@@ -1,0 +1,123 @@
+"""Versioned writes of computed views into Redis: the version fence lives here.
+
+Every recompute takes a *ticket* before it reads the source of truth: ``max(Redis TIME in µs, fence + 1)``.
+Its result is written by one Lua script on the view's one hash, only if the ticket is above the
+hash's fence (the ticket of the newest recompute applied so far). So a recompute that started earlier can
+never overwrite one that started later, and the stored version never decreases, even across several
+subscribers or a stepped clock. Tickets come from Redis's clock, so every subscriber shares one clock.
+
+Why this is enough for freshness: a change is published after its commit, so the recompute it triggers
+takes its ticket after the commit and reads the source after that; its ticket is above every ticket taken
+before the commit, so its result (which includes the change) wins over any recompute that could not see it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any
+
+from redis.asyncio import Redis
+
+from freshviews.core.keys import DIGEST, FENCE, TOMBSTONE, Keys
+
+# KEYS[1]: the view's hash.  ARGV: ticket, digest ("-" for a tombstone), data, channel, view key, tombstone ttl.
+# Returns 1 written, 0 unchanged (the fence still advances), -1 fenced (a newer recompute already landed).
+_WRITE_LUA = """
+local fence = tonumber(redis.call('HGET', KEYS[1], 'f') or '0')
+if tonumber(ARGV[1]) <= fence then
+  return -1
+end
+local current = redis.call('HGET', KEYS[1], 'h')
+if current == ARGV[2] then
+  redis.call('HSET', KEYS[1], 'f', ARGV[1])
+  return 0
+end
+if ARGV[2] == '-' then
+  redis.call('HDEL', KEYS[1], 'd')
+  redis.call('HSET', KEYS[1], 'f', ARGV[1], 'v', ARGV[1], 'h', '-')
+  redis.call('EXPIRE', KEYS[1], tonumber(ARGV[6]))
+else
+  redis.call('HSET', KEYS[1], 'f', ARGV[1], 'v', ARGV[1], 'h', ARGV[2], 'd', ARGV[3])
+  redis.call('PERSIST', KEYS[1])
+end
+redis.call('PUBLISH', ARGV[4], ARGV[1] .. ' ' .. ARGV[5])
+return 1
+"""
+
+
+class WriteOutcome(IntEnum):
+    FENCED = -1
+    UNCHANGED = 0
+    WRITTEN = 1
+
+
+@dataclass(frozen=True, slots=True)
+class PendingWrite:
+    """One computed view ready to be written: ``data`` is None for a tombstone."""
+
+    key: str
+    ticket: int
+    data: bytes | None
+
+
+def digest(data: bytes) -> bytes:
+    return hashlib.blake2b(data, digest_size=16).hexdigest().encode()
+
+
+class CacheStore:
+    """Tickets and fenced writes for cached views. Every method costs one Redis round trip, whatever the count."""
+
+    def __init__(self, redis: Redis, keys: Keys, *, tombstone_ttl: int = 86_400) -> None:
+        self._redis = redis
+        self._keys = keys
+        self._tombstone_ttl = tombstone_ttl
+        self._write = redis.register_script(_WRITE_LUA)
+
+    async def tickets(self, view_keys: Sequence[str]) -> list[int]:
+        """One ticket per key, to be taken *before* reading the source for that key."""
+        if not view_keys:
+            return []
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.time()
+            for key in view_keys:
+                pipe.hget(self._keys.value(key), FENCE)
+            replies = await pipe.execute()
+        seconds, micros = replies[0]
+        now = int(seconds) * 1_000_000 + int(micros)
+        return [max(now, int(fence or 0) + 1) for fence in replies[1:]]
+
+    async def write(self, writes: Sequence[PendingWrite]) -> list[WriteOutcome]:
+        """Apply fenced writes; each publishes an update notification when the stored value changed."""
+        if not writes:
+            return []
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for w in writes:
+                args: list[Any]
+                if w.data is None:
+                    args = [w.ticket, TOMBSTONE, b"", self._keys.updates_channel, w.key, self._tombstone_ttl]
+                else:
+                    args = [w.ticket, digest(w.data), w.data, self._keys.updates_channel, w.key, 0]
+                await self._write(keys=[self._keys.value(w.key)], args=args, client=pipe)
+            replies = await pipe.execute()
+        return [WriteOutcome(int(r)) for r in replies]
+
+    async def digests(self, view_keys: Sequence[str]) -> list[bytes | None]:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for key in view_keys:
+                pipe.hget(self._keys.value(key), DIGEST)
+            return list(await pipe.execute())
+
+    async def cached_view_keys(self, count: int = 1000) -> list[str]:
+        """Every view key present in Redis (SCAN, never KEYS: it would block Redis on a large cache)."""
+        found: list[str] = []
+        async for redis_key in self._redis.scan_iter(match=self._keys.value_pattern, count=count):
+            found.append(self._keys.view_key_of(redis_key))
+        return found
+
+    async def is_empty(self) -> bool:
+        async for _ in self._redis.scan_iter(match=self._keys.value_pattern, count=1000):
+            return False
+        return True

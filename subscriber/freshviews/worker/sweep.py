@@ -1,0 +1,139 @@
+"""The sweep: recompute every live key, write only what differs, and count each difference as a repair.
+
+It is the safety net under the change log: a change that was never published (Redis was down at commit
+time, the backend died between commit and publish), trimmed from the log, or lost with a Redis restart is
+repaired within one sweep interval. Sweeps are paced (``rate`` keys/s, their own small concurrency) so that
+they never hammer the backend, and only one subscriber of a group sweeps at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+
+from freshviews.core.keys import TOMBSTONE, Keys
+from freshviews.core.views import InvalidKeyError, Registry, UnknownViewError, ViewKey
+from freshviews.worker import metrics
+from freshviews.worker.recompute import Recomputer
+from freshviews.worker.store import CacheStore, WriteOutcome
+
+logger = logging.getLogger(__name__)
+
+_RELEASE_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+@dataclass
+class SweepResult:
+    keys: int = 0
+    repaired: int = 0
+    deleted: int = 0
+    unchanged: int = 0
+    fenced: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+    reason: str = ""
+    #: Stopped by shutdown before every key was visited.
+    interrupted: bool = False
+
+
+def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class Sweeper:
+    def __init__(
+        self,
+        *,
+        redis: Redis,
+        keys: Keys,
+        registry: Registry[Any],
+        ctx: Any,
+        store: CacheStore,
+        recomputer: Recomputer,
+        owner: str,
+        rate: float = 1000.0,
+        chunk: int = 100,
+    ) -> None:
+        if rate <= 0 or chunk < 1:
+            raise ValueError("rate must be > 0 and chunk >= 1")
+        self._redis = redis
+        self._keys = keys
+        self._registry = registry
+        self._ctx = ctx
+        self._store = store
+        self._recomputer = recomputer
+        self._owner = owner
+        self._rate = rate
+        self._chunk = chunk
+        self._release = redis.register_script(_RELEASE_LUA)
+
+    async def try_lock(self, ttl_seconds: float) -> bool:
+        """Take the group's sweep lock; False when another subscriber holds it."""
+        return bool(await self._redis.set(self._keys.sweep_lock, self._owner, nx=True, px=int(ttl_seconds * 1000)))
+
+    async def unlock(self) -> None:
+        await self._release(keys=[self._keys.sweep_lock], args=[self._owner])
+
+    async def _targets(self) -> tuple[dict[str, ViewKey], set[str]]:
+        """Every enumerated key, plus cached keys no longer enumerated (recomputed too: usually they are gone,
+        and a recompute, not a blind delete, is what keeps a key created since the enumeration alive)."""
+        live = await self._registry.all_keys(self._ctx)
+        strays = [k for k in await self._store.cached_view_keys() if k not in live]
+        targets = dict(live)
+        for key, stored in zip(strays, await self._store.digests(strays), strict=True):
+            if stored == TOMBSTONE:
+                continue
+            try:
+                targets[key] = self._registry.parse(key)
+            except (UnknownViewError, InvalidKeyError) as exc:
+                logger.warning("cached key %r matches no view (%s); leaving it alone", key, exc)
+        return targets, set(live)
+
+    async def sweep(self, reason: str, *, should_stop: Callable[[], bool] = lambda: False) -> SweepResult:
+        started = time.perf_counter()
+        targets, live = await self._targets()
+        result = SweepResult(keys=len(targets), reason=reason)
+        for names in _chunks(list(targets), self._chunk):
+            if should_stop():
+                result.interrupted = True
+                break
+            chunk_started = time.perf_counter()
+            outcome = await self._recomputer.run({k: targets[k] for k in names}, trigger="sweep")
+            result.failed += len(outcome.failures)
+            for key, written in outcome.outcomes.items():
+                if written is WriteOutcome.WRITTEN:
+                    result.repaired += 1
+                    result.deleted += key not in live
+                    metrics.SWEEP_REPAIRS.labels(targets[key].view.name).inc()
+                elif written is WriteOutcome.UNCHANGED:
+                    result.unchanged += 1
+                else:
+                    result.fenced += 1
+            # Pacing: a chunk never goes faster than `rate` keys per second.
+            await asyncio.sleep(max(0.0, len(names) / self._rate - (time.perf_counter() - chunk_started)))
+        result.seconds = round(time.perf_counter() - started, 3)
+        if not result.interrupted:
+            metrics.SWEEPS.labels(reason).inc()
+            metrics.SWEEP_SECONDS.observe(result.seconds)
+        await self._redis.hset(
+            self._keys.sweep, mapping={**{k: str(v) for k, v in asdict(result).items()}, "at": str(time.time())}
+        )
+        log = logger.warning if result.repaired or result.failed else logger.info
+        log(
+            "sweep (%s)%s: %d keys, %d repaired (%d deleted), %d unchanged, %d fenced, %d failed in %.2fs",
+            reason, " interrupted by shutdown" if result.interrupted else "", result.keys, result.repaired,
+            result.deleted, result.unchanged, result.fenced, result.failed, result.seconds,
+        )  # fmt: skip
+        return result
