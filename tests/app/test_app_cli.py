@@ -1,4 +1,5 @@
-"""``python -m app``: help, seed, and the whole demo stack started and stopped by one command."""
+"""``freshviews`` and ``python -m freshviews.scoreboard``: help, seed, and the whole demo stack started and stopped
+by one command."""
 
 from __future__ import annotations
 
@@ -30,9 +31,11 @@ def env_for(tmp_path: Path, redis_url: str, **extra: str) -> dict[str, str]:
     return env
 
 
-def run(args: list[str], env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def run(
+    args: list[str], env: dict[str, str] | None = None, timeout: float = 60, *, module: str = "freshviews"
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "freshviews.scoreboard", *args],
+        [sys.executable, "-m", module, *args],
         env=env,
         capture_output=True,
         text=True,
@@ -44,18 +47,27 @@ def run(args: list[str], env: dict[str, str] | None = None, timeout: float = 60)
 def test_help_lists_every_command() -> None:
     result = run(["--help"])
     assert result.returncode == 0
-    for command in ("serve", "simulate", "seed", "demo"):
+    for command in ("demo", "serve", "subscriber", "sweep", "check"):
         assert command in result.stdout
+    for command in ("demo", "serve", "subscriber", "sweep", "check"):
+        assert run([command, "--help"]).returncode == 0
+    tools = run(["--help"], module="freshviews.scoreboard")
+    assert tools.returncode == 0
+    for command in ("seed", "simulate"):
+        assert command in tools.stdout
 
 
 def test_seed_seeds_once(tmp_path: Path, redis_url: str) -> None:
     env = env_for(tmp_path, redis_url)
-    first, second = run(["seed"], env), run(["seed"], env)
+    first, second = (
+        run(["seed"], env, module="freshviews.scoreboard"),
+        run(["seed"], env, module="freshviews.scoreboard"),
+    )
     assert (first.returncode, second.returncode) == (0, 0), first.stderr + second.stderr
     assert first.stdout.startswith("seeded")
     assert second.stdout.startswith("already seeded")
     assert (tmp_path / "data" / "scoreboard.db").is_file()
-    third = run(["seed", "--reset"], env)
+    third = run(["seed", "--reset"], env, module="freshviews.scoreboard")
     assert third.stdout.startswith("seeded"), third.stderr
 
 
@@ -82,7 +94,7 @@ def test_demo_runs_the_stack_for_its_duration_and_stops_it(tmp_path: Path, redis
 def test_demo_stops_its_children_on_sigterm(tmp_path: Path, redis_url: str) -> None:
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "freshviews.scoreboard", "demo", "--port", str(port), "--rate", "5"],
+        [sys.executable, "-m", "freshviews", "demo", "--port", str(port), "--rate", "5"],
         env=env_for(tmp_path, redis_url),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -44,9 +44,9 @@ def test_default_database_is_an_absolute_sqlite_file_in_data_dir(
 def test_environment_names(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DATABASE_URL", "postgres://u@h/db")
     monkeypatch.setenv("REDIS_URL", "redis://h:1/0")
-    monkeypatch.setenv("APP_PORT", "9123")
+    monkeypatch.setenv("FRESHVIEWS_PORT", "9123")
     monkeypatch.setenv("APP_SEED_SCORES", "7")
-    monkeypatch.setenv("APP_PUBLISH_ENABLED", "false")
+    monkeypatch.setenv("FRESHVIEWS_PUBLISH_ENABLED", "false")
     settings = AppSettings()
     assert settings.database_url_resolved() == "postgresql+asyncpg://u@h/db"
     assert settings.redis_url == "redis://h:1/0"

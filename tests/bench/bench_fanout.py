@@ -209,7 +209,7 @@ def _ms(seconds: float | None) -> float | None:
 
 
 async def run(config: Config) -> dict[str, Any]:
-    # The backend caps the streams one process holds (APP_SSE_MAX_STREAMS, 1000 by default). Room for every K at
+    # The backend caps the streams one process holds (FRESHVIEWS_SSE_MAX_STREAMS, 1000 by default). Room for every K at
     # once: a closed stream's slot is released only when the server notices the disconnect (next event or ping).
     max_streams = sum(config.fanout_clients) + 50
     conditions = {
@@ -242,7 +242,7 @@ async def run(config: Config) -> dict[str, Any]:
         database_file=config.database("fanout"),
         publish=True,
         sweep_interval=60.0,
-        extra_env={"APP_SSE_MAX_STREAMS": str(max_streams)},
+        extra_env={"FRESHVIEWS_SSE_MAX_STREAMS": str(max_streams)},
     ).start()
     results = []
     try:

@@ -175,7 +175,7 @@ async def measure(stack: Stack, *, rate: float, window: float, players: int, dra
         "writes": len(writes),
         "seen_in_cache": len(stale),
         "not_seen_within_drain": len(writes) - len(stale),
-        # A publish that times out (APP_PUBLISH_TIMEOUT) loses the change until the next sweep: counted here.
+        # A publish that times out (FRESHVIEWS_PUBLISH_TIMEOUT) loses the change until the next sweep: counted here.
         "publish_failures": failed,
         "drain_s": drain,
         "staleness_p50_ms": _ms(percentile(stale, 50)),

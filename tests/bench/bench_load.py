@@ -1,7 +1,7 @@
 """Benchmark 1: backend work against the number of polling readers, for three systems.
 
 - naive: readers poll ``/api/...``, which computes from the database on every request.
-- timed warmer: the subscriber in sweep-only mode (no change log: APP_PUBLISH_ENABLED=false, a sweep every
+- timed warmer: the subscriber in sweep-only mode (no change log: FRESHVIEWS_PUBLISH_ENABLED=false, a sweep every
   ``warmer_interval`` s); readers poll ``/cache/...``.
 - change-driven: the product as shipped (publish on, default sweep interval); readers poll ``/cache/...``.
 
@@ -285,8 +285,8 @@ def summarize(systems: dict[str, Any], config: Config) -> dict[str, Any]:
             "connection_pool": config.load_pool,
             "write_rate_per_s": config.write_rate,
             "write_mix": "app.simulate (80% new scores, the rest corrections, moves, renames, creates, deletes)",
-            "warmer": f"APP_PUBLISH_ENABLED=false, SUBSCRIBER_SWEEP_INTERVAL={config.warmer_interval:g}",
-            "change_driven": f"APP_PUBLISH_ENABLED=true, SUBSCRIBER_SWEEP_INTERVAL={DEFAULT_SWEEP_INTERVAL:g} "
+            "warmer": f"FRESHVIEWS_PUBLISH_ENABLED=false, SUBSCRIBER_SWEEP_INTERVAL={config.warmer_interval:g}",
+            "change_driven": f"FRESHVIEWS_PUBLISH_ENABLED=true, SUBSCRIBER_SWEEP_INTERVAL={DEFAULT_SWEEP_INTERVAL:g} "
             "(subscriber restarted before a window its sweep timer would fire in; sweep cost reported amortised)",
             "database": f"SQLite, {config.seed.players} players, {config.seed.teams} teams, "
             f"{config.seed.scores} scores",

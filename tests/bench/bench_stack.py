@@ -26,6 +26,8 @@ if TYPE_CHECKING:
     from freshviews.core.embedded import EmbeddedRedis
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+#: ``freshviews serve`` arguments naming the reference backend.
+SCOREBOARD_APP = ("freshviews.scoreboard.main:create_app", "--factory")
 
 
 def cpu_seconds(pid: int) -> float | None:
@@ -114,7 +116,7 @@ def scrape(url: str) -> str:
 class Stack:
     """One system under test: its own Redis, a backend process and optionally a subscriber process.
 
-    ``publish`` is the backend's APP_PUBLISH_ENABLED; ``sweep_interval`` None means no subscriber.
+    ``publish`` is the backend's FRESHVIEWS_PUBLISH_ENABLED; ``sweep_interval`` None means no subscriber.
     """
 
     workdir: Path
@@ -150,9 +152,8 @@ class Stack:
             REDIS_URL=self.redis_url,
             DATABASE_URL=f"sqlite:///{self.database_file}",
             FRESHVIEWS_DATA_DIR=str(self.workdir / "data"),
-            FRESHVIEWS_PROBE_LOCAL_REDIS="false",
-            APP_PORT=str(self.app_port),
-            APP_PUBLISH_ENABLED="true" if self.publish else "false",
+            FRESHVIEWS_PORT=str(self.app_port),
+            FRESHVIEWS_PUBLISH_ENABLED="true" if self.publish else "false",
             SUBSCRIBER_METRICS_PORT=str(self.metrics_port),
             SUBSCRIBER_SWEEP_INTERVAL=str(self.sweep_interval or 0),
             PYTHONUNBUFFERED="1",
@@ -178,7 +179,7 @@ class Stack:
         python = [sys.executable, *self.launcher]
         self.app = Proc(
             "app",
-            [*python, "-m", "freshviews.scoreboard", "--log-level", "warning", "serve", "--no-access-log"],
+            [*python, "-m", "freshviews", "--log-level", "warning", "serve", *SCOREBOARD_APP, "--no-access-log"],
             self.env(),
             self.workdir / "app.log",
         ).start()
@@ -188,11 +189,12 @@ class Stack:
                 [
                     sys.executable,
                     "-m",
-                    "freshviews.worker",
-                    "--views",
-                    "freshviews.scoreboard.views:registry",
+                    "freshviews",
                     "--log-level",
                     "WARNING",
+                    "subscriber",
+                    "--views",
+                    "freshviews.scoreboard.views:registry",
                 ],
                 self.env(),
                 self.workdir / "subscriber.log",

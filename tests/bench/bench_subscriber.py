@@ -75,7 +75,7 @@ async def run(config: Config) -> dict[str, Any]:
                 redis_url=server.url, metrics_port=0, consumer=f"bench-{repeat}", group=f"bench-{repeat}"
             )
             subscriber = Subscriber(
-                redis=redis, keys=keys, registry=toy_bench_views.registry, ctx=toy_bench_views.ITEMS, settings=settings
+                redis=redis, registry=toy_bench_views.registry, ctx=toy_bench_views.ITEMS, settings=settings
             )
             await subscriber.start(warm=False)
             computes_before = toy_bench_views.ITEMS.computes

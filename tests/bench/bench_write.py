@@ -1,6 +1,6 @@
 """Benchmark 4: what the publish hook adds to a write route's latency.
 
-Two backends on one database file and one Redis: one with the hook (APP_PUBLISH_ENABLED=true), one
+Two backends on one database file and one Redis: one with the hook (FRESHVIEWS_PUBLISH_ENABLED=true), one
 without. One client sends ``POST /api/scores`` to each in turn (A, B, A, B, ...: drift of a noisy machine
 falls on both alike), one request at a time, so the two never contend for the SQLite write lock. No
 subscriber runs: this isolates the hook (one XADD after the commit) from everything else.

@@ -15,6 +15,7 @@ from helpers import free_port
 
 from freshviews.core.embedded import EmbeddedRedis
 from freshviews.scoreboard.db import open_database
+from freshviews.scoreboard.demo import BACKEND, SUBSCRIBER
 from freshviews.scoreboard.views import registry
 
 REPO = Path(__file__).resolve().parents[2]
@@ -91,7 +92,7 @@ class Stack:
             APP_SEED_PLAYERS="300",
             APP_SEED_TEAMS="20",
             APP_SEED_SCORES="6000",
-            APP_PORT=str(self.app_port),
+            FRESHVIEWS_PORT=str(self.app_port),
             SUBSCRIBER_METRICS_PORT=str(self.metrics_port),
             SUBSCRIBER_SWEEP_INTERVAL="0",
             SUBSCRIBER_RECLAIM_IDLE_MS="1000",
@@ -109,9 +110,7 @@ class Stack:
         subprocess.run(command, env=self.env(), cwd=REPO, check=True, capture_output=True, timeout=120)
 
     def start_app(self) -> Process:
-        self.app = Process(
-            "app", ["-m", "freshviews.scoreboard", "serve", "--no-access-log"], self.env(), self.tmp / "app.log"
-        )
+        self.app = Process("app", list(BACKEND), self.env(), self.tmp / "app.log")
         self.app.start()
         wait_http(f"{self.base_url}/healthz", self.app)
         return self.app
@@ -119,7 +118,7 @@ class Stack:
     def start_subscriber(self, consumer: str = "sub-1", **env: str) -> Process:
         proc = Process(
             consumer,
-            ["-m", "freshviews.worker", "--views", "freshviews.scoreboard.views:registry", "--consumer", consumer],
+            [*SUBSCRIBER, "--consumer", consumer],
             self.env(**env),
             self.tmp / f"{consumer}.log",
         )

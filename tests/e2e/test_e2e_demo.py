@@ -1,4 +1,4 @@
-"""The README's first command on a bare machine: ``python -m app demo`` with no Redis configured or installed."""
+"""The README's first command on a bare machine: ``freshviews demo`` with no Redis configured or installed."""
 
 from __future__ import annotations
 
@@ -43,7 +43,6 @@ def test_the_demo_runs_on_embedded_defaults_and_a_write_shows_within_a_second(tm
         PATH=str(bin_dir),
         FRESHVIEWS_DATA_DIR=str(tmp_path / "data"),
         # Ignore whatever may listen on 6379 here: the point is the embedded server.
-        FRESHVIEWS_PROBE_LOCAL_REDIS="false",
         APP_SEED_PLAYERS="300",
         APP_SEED_TEAMS="20",
         APP_SEED_SCORES="6000",
@@ -53,7 +52,7 @@ def test_the_demo_runs_on_embedded_defaults_and_a_write_shows_within_a_second(tm
     log = tmp_path / "demo.log"
     with log.open("w") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "freshviews.scoreboard", "demo", "--port", str(port), "--rate", "2"],
+            [sys.executable, "-m", "freshviews", "demo", "--port", str(port), "--rate", "2"],
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,

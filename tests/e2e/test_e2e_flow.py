@@ -168,7 +168,7 @@ async def test_kill_9_during_a_burst_loses_nothing(stack: Stack, redis: Redis) -
 async def test_a_change_never_published_is_repaired_by_the_sweep_and_counted(stack: Stack) -> None:
     stack.start_subscriber(SUBSCRIBER_SWEEP_INTERVAL="1")
     # The backend's hook is switched off: its writes reach the database and publish nothing.
-    stack.extra_env["APP_PUBLISH_ENABLED"] = "false"
+    stack.extra_env["FRESHVIEWS_PUBLISH_ENABLED"] = "false"
     stack.start_app()
     await _warmed(stack)
     async with httpx.AsyncClient(base_url=stack.base_url, timeout=10) as client:

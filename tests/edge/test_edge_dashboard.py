@@ -20,6 +20,8 @@ from playwright.sync_api import Browser, Page, Request, Route, sync_playwright
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from stack import Process, Stack, wait_http
 
+from freshviews.scoreboard.demo import BACKEND
+
 pytestmark = pytest.mark.slow
 
 #: A write must show on the page within this long (the acceptance bound).
@@ -228,8 +230,8 @@ def test_the_page_reconnects_when_the_app_comes_back(edge_stack: Stack, browsing
     port = free_port()
     app = Process(
         "app-restarted",
-        ["-m", "freshviews.scoreboard", "serve", "--no-access-log"],
-        edge_stack.env(APP_PORT=str(port)),
+        list(BACKEND),
+        edge_stack.env(FRESHVIEWS_PORT=str(port)),
         tmp_path / "app.log",
     )
     base_url = f"http://127.0.0.1:{port}"

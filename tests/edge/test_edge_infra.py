@@ -59,7 +59,7 @@ def env_names(settings: type[BaseSettings]) -> set[str]:
 
 
 APP_ENV = env_names(AppSettings)
-# The subscriber reads its own settings, and AppSettings too: app.views opens the database from them.
+# The subscriber reads its own settings, and AppSettings too: the scoreboard's views open the database from them.
 SUBSCRIBER_ENV = env_names(SubscriberSettings) | APP_ENV
 
 
@@ -141,8 +141,9 @@ def test_compose_env_values_pass_the_settings_validation(
     assert app.redis_url == subscriber.redis_url == f"redis://:{OPERATOR_ENV['REDIS_PASSWORD']}@redis:6379/0"
     assert app.database_url is not None
     assert app.database_url.startswith("postgresql+asyncpg://freshviews:")
-    assert app.probe_local_redis is False
-    assert subscriber.probe_local_redis is False
+    # No process of a deployment may start a Redis of its own.
+    assert app.embedded_redis is False
+    assert subscriber.embedded_redis is False
     # The Redis and PostgreSQL the URLs name are the services, with the password compose gives them.
     assert "--requirepass" in command(compose, "redis")
     assert option(command(compose, "redis"), "--requirepass") == OPERATOR_ENV["REDIS_PASSWORD"]
@@ -155,8 +156,8 @@ def test_compose_env_values_pass_the_settings_validation(
 def test_compose_app_command_serves_app_port(compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
     args = command(compose, "app")
     app = settings_from(service_env(compose, "app"), monkeypatch, AppSettings)
-    # The app's own command: it makes the listening socket that drops clients that stop reading (app/listen.py).
-    assert args[:4] == ["python", "-m", "freshviews.scoreboard", "serve"]
+    # The kit's own server: it makes the listening socket that drops clients that stop reading (serving/listen.py).
+    assert args[:5] == ["freshviews", "serve", "freshviews.scoreboard.main:create_app", "--factory", "--no-access-log"]
     assert app.host == "0.0.0.0"
     assert compose["services"]["app"]["expose"] == [str(app.port)]
     assert int(service_env(compose, "app")["WEB_CONCURRENCY"]) >= 2
@@ -165,7 +166,7 @@ def test_compose_app_command_serves_app_port(compose: dict[str, Any], monkeypatc
 
 def test_compose_subscriber_command_loads_the_registry(compose: dict[str, Any]) -> None:
     args = command(compose, "subscriber")
-    assert args == ["python", "-m", "freshviews.worker", "--views", "freshviews.scoreboard.views:registry"]
+    assert args == ["freshviews", "subscriber", "--views", "freshviews.scoreboard.views:registry"]
     assert isinstance(load_registry(option(args, "--views")), Registry)
 
 
@@ -224,9 +225,9 @@ def test_dockerfile_ships_every_package_and_runs_unprivileged(compose: dict[str,
     pip = {"PIP_NO_CACHE_DIR", "PIP_DISABLE_PIP_VERSION_CHECK"}
     assert set(env) - APP_ENV - SUBSCRIBER_ENV - OTHER_ENV - pip == set()
     (expose,) = [args for op, args in instructions if op == "EXPOSE"]
-    assert int(expose) == int(env["APP_PORT"]) == int(service_env(compose, "app")["APP_PORT"])
+    assert int(expose) == int(env["FRESHVIEWS_PORT"]) == int(service_env(compose, "app")["FRESHVIEWS_PORT"])
     (cmd,) = [args for op, args in instructions if op == "CMD"]
-    assert cmd.startswith('["python", "-m", "freshviews.scoreboard", "serve"')
+    assert cmd.startswith('["freshviews", "serve", "freshviews.scoreboard.main:create_app", "--factory"')
     ignored = (INFRA / "Dockerfile.dockerignore").read_text().split()
     assert {".git", ".venv", ".data"} <= set(ignored)
 
@@ -264,10 +265,10 @@ def env_file() -> dict[str, str]:
 @pytest.mark.parametrize(
     ("name", "arguments", "known"),
     [
-        ("freshviews-app.service", ["-m", "freshviews.scoreboard", "serve"], APP_ENV),
+        ("freshviews-app.service", ["serve", "freshviews.scoreboard.main:create_app", "--factory"], APP_ENV),
         (
             "freshviews-subscriber.service",
-            ["-m", "freshviews.worker", "--views", "freshviews.scoreboard.views:registry"],
+            ["subscriber", "--views", "freshviews.scoreboard.views:registry"],
             SUBSCRIBER_ENV,
         ),
     ],
@@ -277,7 +278,7 @@ def test_systemd_units_run_the_documented_commands(name: str, arguments: list[st
     service = sections["Service"]
     (exec_start,) = service["ExecStart"]
     args = shlex.split(exec_start)
-    assert Path(args[0]).name.startswith("python")
+    assert Path(args[0]).name == "freshviews"
     assert args[0].startswith("/"), "systemd needs an absolute path"
     assert args[1 : 1 + len(arguments)] == arguments
     assert set(unit_env(sections)) - known - OTHER_ENV == set()
@@ -358,12 +359,13 @@ def test_the_compose_app_command_runs_the_app_in_several_workers(
     compose: dict[str, Any], edge_stack: Stack, tmp_path: Path
 ) -> None:
     args = command(compose, "app")
-    assert args[0] == "python"
+    assert args[0] == "freshviews"
     port = free_port()
     log_path = tmp_path / "uvicorn.log"
-    env = edge_stack.env(APP_HOST="127.0.0.1", APP_PORT=str(port), WEB_CONCURRENCY="2")
+    env = edge_stack.env(FRESHVIEWS_HOST="127.0.0.1", FRESHVIEWS_PORT=str(port), WEB_CONCURRENCY="2")
     with log_path.open("wb") as log:
-        proc = subprocess.Popen([sys.executable, *args[1:]], env=env, cwd=REPO, stdout=log, stderr=log)
+        # The console script of the image, run from this interpreter.
+        proc = subprocess.Popen([sys.executable, "-m", *args], env=env, cwd=REPO, stdout=log, stderr=log)
     try:
         deadline = time.monotonic() + 60
         while True:

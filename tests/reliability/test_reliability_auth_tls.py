@@ -119,8 +119,8 @@ def _subscriber_exits(redis_url: str, tmp_path: Path) -> subprocess.CompletedPro
         [
             sys.executable,
             "-m",
-            "freshviews.worker",
-            "run",
+            "freshviews",
+            "subscriber",
             "--burst",
             "--views",
             "freshviews.scoreboard.views:registry",

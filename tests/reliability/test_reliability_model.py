@@ -68,7 +68,7 @@ class CacheModel(RuleBasedStateMachine):
             retry_backoff=0,
             batch_size=3,  # small batches: crashes land mid-burst
         )
-        return Subscriber(redis=self.redis, keys=self.keys, registry=registry, ctx=self.world, settings=settings)
+        return Subscriber(redis=self.redis, registry=registry, ctx=self.world, settings=settings)
 
     def _change(self, item_id: int, op: Operation, **hints: Any) -> Change:
         return Change(entity="item", id=str(item_id), op=op, hints=hints)

@@ -61,9 +61,7 @@ def start_subscriber(stack: AsyncExitStack, redis_url: str, keys: Keys, world: W
             "block_ms": 50,
             **overrides,
         }
-        subscriber = Subscriber(
-            redis=client, keys=keys, registry=registry, ctx=world, settings=SubscriberSettings(**options)
-        )
+        subscriber = Subscriber(redis=client, registry=registry, ctx=world, settings=SubscriberSettings(**options))
         task = asyncio.create_task(subscriber.run())
 
         async def stop() -> None:

@@ -12,9 +12,9 @@ from freshviews.serving.runtime import Serving, ServingSettings
 
 
 def test_the_app_settings_carry_the_read_side_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("APP_SSE_MAX_STREAMS", "7")
-    monkeypatch.setenv("APP_CACHE_MISS_WAIT", "0.25")
-    monkeypatch.setenv("APP_CACHE_BATCH_MAX_KEYS", "12")
+    monkeypatch.setenv("FRESHVIEWS_SSE_MAX_STREAMS", "7")
+    monkeypatch.setenv("FRESHVIEWS_CACHE_MISS_WAIT", "0.25")
+    monkeypatch.setenv("FRESHVIEWS_CACHE_BATCH_MAX_KEYS", "12")
     settings = AppSettings()
     assert isinstance(settings, ServingSettings)
     assert (settings.sse_max_streams, settings.cache_miss_wait, settings.cache_batch_max_keys) == (7, 0.25, 12)

@@ -38,7 +38,7 @@ def make_subscriber(redis: Redis, redis_url: str, keys: Keys, world: World) -> M
         }
         settings = SubscriberSettings(**options)
         return Subscriber(
-            redis=client or redis, keys=keys, registry=registry, ctx=world if ctx is None else ctx, settings=settings
+            redis=client or redis, registry=registry, ctx=world if ctx is None else ctx, settings=settings
         )
 
     return make

@@ -1,4 +1,4 @@
-"""The command line, run as a user would: ``python -m subscriber ...`` in a subprocess."""
+"""The subscriber's commands, run as a user would: ``freshviews subscriber|sweep|check ...`` in a subprocess."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def _run(*args: str, redis_url: str, data_dir: Path) -> subprocess.CompletedProc
         SUBSCRIBER_METRICS_PORT="0",
     )
     return subprocess.run(
-        [sys.executable, "-m", "freshviews.worker", *args],
+        [sys.executable, "-m", "freshviews", *args],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -49,55 +49,63 @@ def cli(redis_url: str, tmp_path: Path) -> Cli:
 
 
 def test_help_exits_zero(cli: Cli) -> None:
-    done = cli("--help")
+    done = cli("subscriber", "--help")
     assert done.returncode == 0, done.stderr
-    assert "usage: python -m freshviews.worker" in done.stdout
+    assert "usage: freshviews subscriber" in done.stdout
     assert "--views" in done.stdout
-
-
-def test_sweep_without_once_is_a_usage_error(cli: Cli) -> None:
-    done = cli("sweep", "--views", VIEWS)
-    assert done.returncode == 2
-    assert "sweep needs --once" in done.stderr
+    module = subprocess.run(
+        [sys.executable, "-m", "freshviews.worker", "--help"], capture_output=True, text=True, check=False
+    )
+    assert module.returncode == 0, module.stderr
+    assert "usage: python -m freshviews.worker" in module.stdout
 
 
 @pytest.mark.parametrize(
     ("spec", "expected"),
     [
         ("nocolon", "--views must look like module:attribute"),
-        ("json:dumps", "json:dumps is not a subscriber.registry.Registry"),
-        ("toy_subscriber_views:nothing", "is not a subscriber.registry.Registry"),
+        ("json:dumps", "json:dumps: that is a function, not a freshviews.core.Registry"),
+        ("toy_subscriber_views:nothing", "module 'toy_subscriber_views' has no attribute 'nothing'"),
+        ("", "no views to serve: pass --views module:attribute"),
     ],
 )
 def test_a_bad_views_spec_is_a_clear_error(cli: Cli, spec: str, expected: str) -> None:
-    done = cli("sweep", "--once", "--views", spec)
-    assert done.returncode != 0
+    done = cli("sweep", "--views", spec)
+    assert done.returncode == 2
     assert expected in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert "Traceback" not in done.stderr
 
 
+def test_the_subscriber_needs_views_and_never_defaults_to_the_demo(cli: Cli, tmp_path: Path) -> None:
+    done = cli("subscriber", "--burst")
+    assert done.returncode == 2
+    assert "no views to serve" in done.stderr
+    assert not (tmp_path / "scoreboard.db").exists()
+
+
 def test_a_views_module_that_does_not_exist_is_a_clear_error(cli: Cli) -> None:
-    done = cli("run", "--burst", "--views", "nonexistent:thing")
-    assert done.returncode != 0
+    done = cli("subscriber", "--burst", "--views", "nonexistent:thing")
+    assert done.returncode == 2
     assert "nonexistent" in done.stderr
     assert "Traceback" not in done.stderr, done.stderr[-500:]
 
 
 def test_sweep_once_and_run_burst(cli: Cli, redis_url: str) -> None:
     keys = Keys()
-    first = cli("sweep", "--once", "--views", VIEWS)
+    first = cli("sweep", "--views", VIEWS)
     assert first.returncode == 0, first.stderr
     result = json.loads(first.stdout)
     assert (result["keys"], result["repaired"], result["unchanged"], result["reason"]) == (8, 8, 0, "once")
     with SyncRedis.from_url(redis_url) as redis:
         assert json.loads(redis.hget(keys.value("item/1"), DATA))["name"] == "item 1"  # type: ignore[arg-type]
 
-        again = json.loads(cli("sweep", "--once", "--views", VIEWS).stdout)
+        again = json.loads(cli("sweep", "--views", VIEWS).stdout)
         assert (again["repaired"], again["unchanged"]) == (0, 8)
 
         change = Change(entity="item", id="1", op=Operation.UPDATE, hints={"color": "green"})
         redis.xadd(keys.changes, {FIELD: change.encode()})
-        burst = cli("run", "--burst", "--views", VIEWS)
+        burst = cli("subscriber", "--burst", "--views", VIEWS)
         assert burst.returncode == 0, burst.stderr
         assert json.loads(burst.stdout) == {"changes": 1, "batches": 1}
         assert redis.xpending(keys.changes, "subscribers")["pending"] == 0

@@ -14,7 +14,7 @@ from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
-from freshviews.scoreboard.seed import ensure_seeded
+from freshviews.core.settings import load
 from freshviews.scoreboard.settings import AppSettings
 
 logger = logging.getLogger(__name__)
@@ -88,11 +88,13 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 @asynccontextmanager
 async def database_from_env() -> AsyncIterator[Database]:
-    """Open the database ``AppSettings()`` names (schema created, seeded if empty); the subscriber's context."""
-    settings = AppSettings()
-    db = open_database(settings.database_url_resolved())
+    """Open the database the environment names: the subscriber's context for the scoreboard's views.
+
+    It neither creates nor seeds the schema: that is the backend's (``ensure_seeded`` in its lifespan), and a
+    subscriber that starts first retries its warm-up until the tables are there.
+    """
+    db = open_database(load(AppSettings).database_url_resolved())
     try:
-        await ensure_seeded(db, settings)
         yield db
     finally:
         await db.close()

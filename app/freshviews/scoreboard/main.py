@@ -16,8 +16,8 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from freshviews.core.connections import check_redis, create_redis, redis_url_or_embedded, where
-from freshviews.core.keys import Keys
+from freshviews.core.connections import check_redis, create_redis, redis_url, where
+from freshviews.core.settings import load
 from freshviews.publish.publisher import Publisher
 from freshviews.scoreboard.api import api_router
 from freshviews.scoreboard.dashboard import dashboard_router
@@ -37,7 +37,7 @@ HEALTH_TIMEOUT = 2.0
 
 def create_app(settings: AppSettings | None = None) -> FastAPI:
     """Build the app. ``settings`` defaults to ``AppSettings()`` (the environment), read here, once."""
-    settings = settings if settings is not None else AppSettings()
+    settings = settings if settings is not None else load(AppSettings)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[dict[str, Any]]:
@@ -45,16 +45,17 @@ def create_app(settings: AppSettings | None = None) -> FastAPI:
             db = open_database(settings.database_url_resolved())
             stack.push_async_callback(db.close)
             await ensure_seeded(db, settings)
-            redis_url = await stack.enter_async_context(
-                redis_url_or_embedded(settings.redis_url, settings.data_dir, probe_local=settings.probe_local_redis)
-            )
-            redis = create_redis(redis_url, timeout=settings.redis_timeout)
+            url = await stack.enter_async_context(redis_url(settings))
+            redis = create_redis(url, timeout=settings.redis_timeout)
             stack.push_async_callback(redis.aclose)
             # Refuse to start on what retrying cannot fix (credentials, TLS). A Redis that is merely down is no
             # reason to refuse writes: they succeed, their publishes fail and are counted, the sweep repairs.
-            if not await check_redis(redis):
-                logger.warning("Redis at %s is not answering; writes go on without publishing", where(redis))
-            keys = Keys(settings.key_prefix)
+            problem = await check_redis(redis)
+            if problem is not None:
+                logger.warning(
+                    "Redis at %s is not answering (%s); writes go on without publishing", where(redis), problem
+                )
+            keys = settings.keys
             publisher = Publisher(
                 redis,
                 keys,

@@ -8,17 +8,15 @@ import random
 import time
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import func, insert, select, text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from freshviews.scoreboard.db import Database
 from freshviews.scoreboard.models import REGIONS, Base, Player, Score, Team
 from freshviews.scoreboard.settings import AppSettings
-
-if TYPE_CHECKING:
-    from freshviews.scoreboard.db import Database
 
 logger = logging.getLogger(__name__)
 

@@ -1,12 +1,12 @@
-"""The reference backend's one settings object (env prefix ``APP_``; ``REDIS_URL``, ``DATABASE_URL`` are shared)."""
+"""The reference backend's one settings object: the kit's (``FRESHVIEWS_*``, ``REDIS_URL``) and its own (``APP_*``,
+``DATABASE_URL``)."""
 
 from __future__ import annotations
 
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
-from freshviews.core.settings import RedisSettings
-from freshviews.serving.runtime import ServingSettings
+from freshviews.serving.settings import ServingSettings
 
 #: What a user may write in DATABASE_URL, and the async driver URL SQLAlchemy gets instead.
 _SCHEMES = {
@@ -18,28 +18,29 @@ _SCHEMES = {
 }
 
 
-class AppSettings(ServingSettings, RedisSettings):
+def _app(name: str) -> AliasChoices:
+    return AliasChoices(name, f"APP_{name.upper()}")
+
+
+class AppSettings(ServingSettings):
     """Settings of the scoreboard backend, the simulator and the demo; read once at the edge and passed down.
 
-    The read routes' limits and timeouts (``APP_CACHE_*``, ``APP_SSE_*``) come from :class:`ServingSettings`.
+    The kit's settings (the read routes' ``FRESHVIEWS_CACHE_*`` and ``FRESHVIEWS_SSE_*``, the shared Redis ones)
+    come from :class:`ServingSettings`; the scoreboard's own are named ``APP_*``, and the database ``DATABASE_URL``.
     """
 
-    model_config = SettingsConfigDict(env_prefix="APP_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="FRESHVIEWS_", extra="ignore", populate_by_name=True)
 
     #: ``postgresql://...`` or ``sqlite:///path``; None means the SQLite file ``<data_dir>/scoreboard.db``.
     database_url: str | None = Field(default=None, validation_alias=AliasChoices("database_url", "DATABASE_URL"))
-    host: str = "127.0.0.1"
-    port: int = Field(default=8000, ge=1, le=65535)
     #: The longest a write waits for the change log, seconds (a slower publish is dropped and swept later).
     publish_timeout: float = Field(default=0.05, gt=0)
-    #: Approximate length the change log is trimmed to.
-    stream_maxlen: int = Field(default=100_000, ge=1)
     publish_enabled: bool = True
     #: Larger request bodies are rejected with 413 before the app reads them.
-    max_body_bytes: int = Field(default=16_384, ge=1)
-    seed_players: int = Field(default=5000, ge=0)
-    seed_teams: int = Field(default=200, ge=0)
-    seed_scores: int = Field(default=120_000, ge=0)
+    max_body_bytes: int = Field(default=16_384, ge=1, validation_alias=_app("max_body_bytes"))
+    seed_players: int = Field(default=5000, ge=0, validation_alias=_app("seed_players"))
+    seed_teams: int = Field(default=200, ge=0, validation_alias=_app("seed_teams"))
+    seed_scores: int = Field(default=120_000, ge=0, validation_alias=_app("seed_scores"))
 
     @field_validator("database_url")
     @classmethod

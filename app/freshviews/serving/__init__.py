@@ -3,6 +3,7 @@
 from freshviews.serving.fastpath import FastReads
 from freshviews.serving.listen import serve
 from freshviews.serving.routes import cache_router
-from freshviews.serving.runtime import Serving, ServingSettings, get_serving
+from freshviews.serving.runtime import Serving, get_serving
+from freshviews.serving.settings import ServingSettings
 
 __all__ = ["FastReads", "Serving", "ServingSettings", "cache_router", "get_serving", "serve"]

@@ -23,13 +23,41 @@ sits on (loopback, or a LAN behind the proxy). TCP_USER_TIMEOUT is Linux's; else
 from __future__ import annotations
 
 import contextlib
+import copy
+import logging
 import os
 import socket
+from typing import Any
 
 import uvicorn
+import uvicorn.config
 from uvicorn.supervisors import Multiprocess
 
-from freshviews.serving.runtime import ServingSettings
+from freshviews.core.logs import LOG_FORMAT
+from freshviews.serving.settings import ServingSettings
+from freshviews.serving.stream import STREAM_DROPPED
+
+
+class DroppedStreamFilter(logging.Filter):
+    """Silences uvicorn's "ASGI callable returned without completing response." for a stream dropped on
+    purpose: the drop is counted and logged already, and an ERROR per frozen client would read as a fault.
+    uvicorn logs it in the request's own task, after the app returned, so the context variable still says."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (STREAM_DROPPED.get() and record.getMessage().startswith("ASGI callable returned without"))
+
+
+def log_config(level: str) -> dict[str, Any]:
+    """uvicorn's logging, the root logger with every line's time, level and logger, and the filter of dropped
+    streams; uvicorn applies it in every worker process (without it, workers would log nothing below WARNING of
+    the app's own)."""
+    config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    config["formatters"]["plain"] = {"format": LOG_FORMAT}
+    config["handlers"]["plain"] = {"class": "logging.StreamHandler", "formatter": "plain", "stream": "ext://sys.stderr"}
+    config["root"] = {"handlers": ["plain"], "level": level.upper()}
+    config.setdefault("filters", {})["dropped_streams"] = {"()": DroppedStreamFilter}
+    config["loggers"]["uvicorn.error"]["filters"] = ["dropped_streams"]
+    return config
 
 
 def listening_socket(config: uvicorn.Config, settings: ServingSettings) -> socket.socket:

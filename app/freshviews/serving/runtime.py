@@ -20,76 +20,27 @@ import logging
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from contextvars import ContextVar
 from types import TracebackType
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
 from prometheus_client import Counter as MetricCounter
 from prometheus_client import Gauge
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from freshviews.core.keys import Keys
+from freshviews.core.logs import ensure_handler
 from freshviews.serving.hub import UpdateHub
 from freshviews.serving.memory import NearCache
 from freshviews.serving.reads import SharedReads
 from freshviews.serving.refresh import Refresher
+from freshviews.serving.settings import ServingSettings
 
 logger = logging.getLogger(__name__)
 
 #: Memory copies are served only while Redis answered on the update subscription this recently, seconds.
 NEAR_CACHE_TRUST = 1.0
-
-
-class ServingSettings(BaseSettings):
-    """Limits and timeouts of the read routes (environment prefix ``APP_``; the scoreboard's AppSettings has them)."""
-
-    model_config = SettingsConfigDict(env_prefix="APP_", extra="ignore")
-
-    #: The longest one read waits on Redis before answering 503 (a dead or frozen Redis must not hang readers).
-    cache_redis_timeout: float = Field(default=0.5, gt=0, le=30)
-    #: Redis calls the read routes make at once in this process; more wait (within cache_redis_timeout) rather
-    #: than fail. Must stay below the client's connection pool size (redis-py's default is 100), which also
-    #: serves the update subscription and the app's other Redis work.
-    cache_redis_concurrency: int = Field(default=64, ge=1)
-    #: Retry-After of every 503, seconds.
-    cache_retry_after: int = Field(default=1, ge=0, le=3600)
-    #: Values this process keeps in memory, kept current by the update subscription (0 = always read Redis).
-    cache_memory_keys: int = Field(default=10_000, ge=0)
-    #: Keys accepted by one ``GET /cache?key=...&key=...`` (400 beyond).
-    cache_batch_max_keys: int = Field(default=100, ge=1, le=10_000)
-    #: How long a read of a valid key that is not cached waits for the subscriber to compute it, seconds.
-    cache_miss_wait: float = Field(default=0.5, ge=0, le=30)
-    #: Distinct keys being refreshed at once in this process; further misses get 503 without asking.
-    cache_miss_max_pending: int = Field(default=1000, ge=1)
-    #: Approximate length of the refresh request stream (requests are hints: old ones may be trimmed).
-    cache_refresh_maxlen: int = Field(default=10_000, ge=10)
-    #: How long ``?min_version=`` waits for the cache to reach that version, seconds.
-    cache_min_version_wait: float = Field(default=2.0, ge=0, le=60)
-    #: Keys one SSE stream may watch (400 beyond).
-    sse_max_keys: int = Field(default=50, ge=1, le=10_000)
-    #: SSE streams open at once in this process (503 beyond).
-    sse_max_streams: int = Field(default=1000, ge=1)
-    #: SSE streams one client address may hold at once (429 beyond); 0 = no per-client cap.
-    sse_max_streams_per_client: int = Field(default=0, ge=0)
-    #: Seconds between heartbeat comments on an idle stream (keeps proxies from closing it); 0 = none.
-    sse_ping: float = Field(default=15.0, ge=0)
-    #: A client that does not take an event (or ping) within this many seconds is disconnected. A send waits
-    #: only once the buffers towards the client are full: see socket_send_buffer. Also the kernel's timeout
-    #: (TCP_USER_TIMEOUT) for a connection that acknowledges nothing or keeps its window shut (app/listen.py).
-    sse_send_timeout: float = Field(default=10.0, gt=0)
-    #: On reconnect, a key whose version is older than Last-Event-ID by more than this many seconds is not
-    #: sent again (see app/stream.py for why a margin is needed); 0 trusts Last-Event-ID exactly.
-    sse_resume_grace: float = Field(default=60.0, ge=0)
-    #: The longest wait between attempts to resubscribe to update notifications, seconds.
-    sse_reconnect_max: float = Field(default=5.0, gt=0)
-    #: SO_SNDBUF of the connections the app accepts, bytes (0 = the kernel's, autotuned up to megabytes): how
-    #: much can be queued to a client that stopped reading before a send to it stalls (app/listen.py). Applies
-    #: where the server is started through app/listen.py, as ``python -m app serve`` does.
-    socket_send_buffer: int = Field(default=65_536, ge=0)
 
 
 class CacheUnavailableError(RuntimeError):
@@ -103,19 +54,6 @@ class StreamLimitError(RuntimeError):
         super().__init__(detail)
         self.status = status
         self.detail = detail
-
-
-#: Set in the task of a stream dropped because its client stopped reading (app/stream.py).
-STREAM_DROPPED: ContextVar[bool] = ContextVar("freshviews_stream_dropped", default=False)
-
-
-class DroppedStreamFilter(logging.Filter):
-    """Silences uvicorn's "ASGI callable returned without completing response." for a stream dropped on
-    purpose: the drop is counted and logged already, and an ERROR per frozen client would read as a fault.
-    uvicorn logs it in the request's own task, after the app returned, so the context variable still says."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not (STREAM_DROPPED.get() and record.getMessage().startswith("ASGI callable returned without"))
 
 
 STREAMS_OPEN = Gauge("freshviews_serving_streams_open", "SSE streams open in this process")
@@ -190,10 +128,9 @@ class Serving:
         self.reads = SharedReads(redis, keys, self.near, self.deadline)
         self.streams = StreamSlots(total=settings.sse_max_streams, per_client=settings.sse_max_streams_per_client)
         self._hub_task: asyncio.Task[None] | None = None
-        self._log_filter = DroppedStreamFilter()
 
     async def __aenter__(self) -> Serving:
-        logging.getLogger("uvicorn.error").addFilter(self._log_filter)
+        ensure_handler()
         self._hub_task = asyncio.create_task(self.hub.run(), name="freshviews-update-hub")
         self._hub_task.add_done_callback(_hub_ended)
         # Streams opened right after start-up should not miss updates; a Redis that is down does not block start.
@@ -204,7 +141,6 @@ class Serving:
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        logging.getLogger("uvicorn.error").removeFilter(self._log_filter)
         await self.refresher.aclose()
         await self.reads.aclose()
         if self._hub_task is not None:

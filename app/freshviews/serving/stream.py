@@ -43,6 +43,7 @@ import logging
 import re
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
+from contextvars import ContextVar
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response
@@ -53,9 +54,13 @@ from starlette.types import Receive, Scope, Send
 
 from freshviews.core.views import InvalidKeyError, Registry, UnknownViewError
 from freshviews.serving.hub import Mailbox, Snapshot
-from freshviews.serving.runtime import STREAM_DROPPED, CacheUnavailableError, StreamLimitError, error, get_serving
+from freshviews.serving.runtime import CacheUnavailableError, StreamLimitError, error, get_serving
 
 logger = logging.getLogger(__name__)
+
+#: Set in the task of a stream dropped because its client stopped reading: ``freshviews serve`` silences uvicorn's
+#: note about the unfinished response for those (:class:`freshviews.serving.listen.DroppedStreamFilter`).
+STREAM_DROPPED: ContextVar[bool] = ContextVar("freshviews_stream_dropped", default=False)
 
 STREAMS_DROPPED = MetricCounter(
     "freshviews_serving_streams_dropped_total",
@@ -150,8 +155,8 @@ class StreamResponse(EventSourceResponse):
             await super().__call__(scope, receive, send)
         except* SendTimeoutError:  # a group when the ping and an event timed out together
             # The response stays unfinished: uvicorn closes the connection (its note that the response was
-            # unfinished is silenced by DroppedStreamFilter), and the kernel resets it once the send timeout
-            # passes again with nothing taken (app/listen.py), which frees the socket.
+            # unfinished is silenced by listen.DroppedStreamFilter), and the kernel resets it once the send
+            # timeout passes again with nothing taken (listen.py), which frees the socket.
             STREAM_DROPPED.set(True)
             STREAMS_DROPPED.inc()
             logger.info("dropped the stream of %s: it took nothing for %ss", self._client, self.send_timeout)

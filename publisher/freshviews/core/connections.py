@@ -1,11 +1,17 @@
-"""Building Redis clients, and finding a Redis to talk to when none is configured."""
+"""Building Redis clients, the one rule for which Redis a process uses, and telling Redis weather from mistakes.
+
+Every process resolves Redis the same way (:func:`redis_url`): ``REDIS_URL`` when set; otherwise an embedded
+``redis-server`` only when asked for (``FRESHVIEWS_EMBEDDED_REDIS=1``, which the demo sets for itself); otherwise
+a :class:`~freshviews.core.settings.ConfigError`. Nothing probes localhost: a process that silently picked
+whatever answers on port 6379 could write into somebody else's Redis, or into another one than its peers use.
+"""
 
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
@@ -16,14 +22,14 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.maint_notifications import MaintNotificationsConfig
 
 from freshviews.core.embedded import EmbeddedRedis
+from freshviews.core.settings import ConfigError, RedisSettings
 
 logger = logging.getLogger(__name__)
 
-LOCAL_DEFAULT_URL = "redis://127.0.0.1:6379/0"
 
-
-class RedisConfigError(RuntimeError):
-    """Redis is there but refuses us (credentials, TLS): retrying cannot help, so start-up fails with this."""
+class RedisConfigError(ConfigError):
+    """Redis is there but refuses us (credentials, TLS, a database index, a cluster node): retrying cannot help,
+    so start-up fails with this."""
 
 
 def where(redis: Redis) -> str:
@@ -36,44 +42,89 @@ def where(redis: Redis) -> str:
     return f"{scheme}://{options.get('host', '?')}:{options.get('port', 6379)}"
 
 
+def error_code(exc: BaseException) -> str:
+    """The code word Redis starts an error reply with (``NOGROUP``, ``BUSYGROUP``, ``WRONGPASS``, ...), or ""."""
+    if not isinstance(exc, ResponseError):
+        return ""
+    word = str(exc).split(" ", 1)[0]
+    return word if word.isupper() else ""
+
+
+def _tls_failure(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def config_problem(exc: BaseException, redis: Redis) -> str | None:
     """The reason ``exc`` will not go away by retrying (None: Redis is merely down or restarting)."""
     text = str(exc)
-    if isinstance(exc, AuthenticationError | AuthorizationError) or text.startswith(("NOAUTH", "WRONGPASS", "NOPERM")):
+    code = error_code(exc)
+    if isinstance(exc, AuthenticationError | AuthorizationError) or code in ("NOAUTH", "WRONGPASS"):
         return f"Redis at {where(redis)} refused our credentials ({text}); check the user and password in REDIS_URL"
-    if isinstance(exc, ResponseError) and "NOPERM" in text:
+    if code == "NOPERM":
         return f"the Redis user in REDIS_URL lacks a permission the product needs ({text})"
-    if "SSL" in text or "certificate" in text:
+    if _tls_failure(exc):
         return (
             f"TLS with Redis at {where(redis)} failed ({text}); for a private CA add ?ssl_ca_certs=/path/ca.pem "
             "to the rediss:// URL"
         )
+    if "DB index is out of range" in text:
+        return f"Redis at {where(redis)} has no such database ({text}); fix the /db number in REDIS_URL"
     return None
 
 
-async def check_redis(redis: Redis, *, attempts: int = 3) -> bool:
-    """Ping Redis once at start-up: True if it answers, False if it is down (weather: callers go on).
+def describe(exc: BaseException) -> str:
+    """``Type: message`` of an error, for one-line logs."""
+    return f"{type(exc).__name__}: {exc}"
+
+
+async def check_redis(redis: Redis, *, attempts: int = 3) -> str | None:
+    """Ping Redis once at start-up: None if it answers, else why not (weather: callers go on and retry).
 
     Raises:
-        RedisConfigError: it answers but refuses us (wrong password, TLS mismatch or bad certificate), or
-            it resets every connection, which is what a TLS port does to a plaintext ``redis://`` client.
+        RedisConfigError: it answers but refuses us (wrong password, TLS mismatch or bad certificate, a database
+            that does not exist, a Redis Cluster node), or it resets every connection, which is what a TLS port
+            does to a plaintext ``redis://`` client.
     """
     resets = 0
+    reason = "no answer"
     for _ in range(attempts):
         try:
             await redis.ping()
-            return True
+            cluster = await _cluster_enabled(redis)
         except (RedisError, OSError) as exc:
             problem = config_problem(exc, redis)
             if problem is not None:
                 raise RedisConfigError(problem) from exc
+            reason = describe(exc)
             if "reset by peer" not in str(exc) and "closed by server" not in str(exc):
-                return False
+                return reason
             resets += 1
+            continue
+        if cluster:
+            raise RedisConfigError(
+                f"Redis at {where(redis)} is a Redis Cluster node: the standalone client cannot use it (every key "
+                "would answer MOVED); point REDIS_URL at a standalone Redis"
+            )
+        return None
     raise RedisConfigError(
         f"Redis at {where(redis)} accepts connections and then resets them {resets} times in a row: if it is a "
         "TLS port, use a rediss:// URL"
     )
+
+
+async def _cluster_enabled(redis: Redis) -> bool:
+    try:
+        info = await redis.info("cluster")
+    except ResponseError as exc:
+        if error_code(exc) == "NOPERM":
+            return False  # a least-privilege user may not run INFO: nothing to tell from here
+        raise
+    return str(info.get("cluster_enabled", "0")) == "1"
 
 
 def create_redis(url: str, *, timeout: float = 2.0, max_connections: int | None = None) -> Redis:
@@ -95,42 +146,34 @@ def create_redis(url: str, *, timeout: float = 2.0, max_connections: int | None 
     )
 
 
-async def _answers(url: str) -> bool:
-    client = Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
-    try:
-        return bool(await client.ping())
-    except (OSError, RedisConnectionError, RedisTimeoutError):
-        return False
-    finally:
-        await client.aclose()
-
-
 @asynccontextmanager
-async def redis_url_or_embedded(url: str | None, data_dir: Path, *, probe_local: bool = True) -> AsyncIterator[str]:
-    """Yield the Redis URL to use.
+async def redis_url(settings: RedisSettings) -> AsyncIterator[str]:
+    """Yield the Redis URL this process uses: the one rule of every freshviews process.
 
-    ``url`` wins when set. Otherwise a Redis already on localhost:6379 is used (unless ``probe_local`` is
-    false), and failing that an
-    embedded ``redis-server`` is started with its data under ``data_dir`` and stopped on exit (unless
-    another process of ours started it first, in which case it is shared and left running).
+    ``REDIS_URL`` when set. Otherwise, with ``FRESHVIEWS_EMBEDDED_REDIS`` set, an embedded ``redis-server`` with
+    its data under ``data_dir``, stopped on exit (unless another process of ours started it first, in which case
+    it is shared and left running). Otherwise :class:`ConfigError`.
     """
-    if url:
-        yield url
+    if settings.redis_url:
+        yield settings.redis_url
         return
-    if probe_local and await _answers(LOCAL_DEFAULT_URL):
-        logger.info("REDIS_URL is not set; using the Redis answering on %s", LOCAL_DEFAULT_URL)
-        yield LOCAL_DEFAULT_URL
-        return
-    server = EmbeddedRedis(data_dir / "redis")
-    embedded_url = server.start()
-    logger.warning(
-        "REDIS_URL is not set and %s: %s embedded redis-server at %s (data in %s)",
-        "nothing answers on 127.0.0.1:6379" if probe_local else "probing 127.0.0.1:6379 is off",
+    if not settings.embedded_redis:
+        raise ConfigError(
+            "REDIS_URL is not set: point it at your Redis (redis://host:6379/0), or set FRESHVIEWS_EMBEDDED_REDIS=1 "
+            "to start an embedded redis-server for local use"
+        )
+    server = EmbeddedRedis(settings.data_dir / "redis")
+    try:
+        url = server.start()
+    except (OSError, RuntimeError) as exc:
+        raise ConfigError(f"could not start an embedded redis-server: {exc}") from None
+    logger.info(
+        "%s embedded redis-server at %s (data in %s)",
         "started an" if server.owned else "reusing the",
-        embedded_url,
+        url,
         server.data_dir,
     )
     try:
-        yield embedded_url
+        yield url
     finally:
         server.stop()

@@ -9,7 +9,7 @@ Layout (``<p>`` is the configurable prefix, ``fv`` by default)::
     <p>:updates                 channel  update notifications "<version> <view key>" after each cache write
     <p>:v:{<view key>}          hash     one cached view: d=JSON bytes, v=version (ETag), h=digest,
                                          f=fence (the ticket of the newest recompute applied)
-    <p>:hb:<consumer>           string   subscriber liveness heartbeat (with a TTL)
+    <p>:hb:<consumer>           string   subscriber liveness heartbeat (JSON, with a TTL), read by `freshviews check`
     <p>:sweep                   hash     last sweep's outcome (for /healthz and operators)
     <p>:sweep:lock              string   held by the one subscriber sweeping now (several may run)
 
@@ -75,6 +75,11 @@ class Keys:
 
     def heartbeat(self, consumer: str) -> str:
         return f"{self.prefix}:hb:{consumer}"
+
+    @property
+    def heartbeat_pattern(self) -> str:
+        """SCAN pattern matching every subscriber's heartbeat."""
+        return f"{self.prefix}:hb:*"
 
 
 # Fields of the per-view hash, shared by the scripts' callers and the read path.

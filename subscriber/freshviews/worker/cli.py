@@ -1,4 +1,10 @@
-"""Command line: ``python -m subscriber [run|sweep] --views module:registry [options]``."""
+"""The subscriber's commands: ``subscriber`` (the process), ``sweep`` (one repair pass) and ``check`` (liveness).
+
+They are commands of ``freshviews`` (``freshviews subscriber --views myapp.views:registry``); ``python -m
+freshviews.worker`` runs the subscriber as ``freshviews subscriber`` would. Every flag is also a
+``SUBSCRIBER_<NAME>`` environment variable; Redis comes from ``REDIS_URL`` and nothing else (see
+:func:`freshviews.core.connections.redis_url`).
+"""
 
 from __future__ import annotations
 
@@ -7,24 +13,27 @@ import asyncio
 import importlib
 import json
 import logging
-import signal
+import sys
+from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
 from prometheus_client import start_http_server
-from redis.exceptions import RedisError
 
-from freshviews.core.connections import RedisConfigError, create_redis, redis_url_or_embedded
-from freshviews.core.keys import Keys
+from freshviews.core.commands import run_guarded, stop_on_signals
+from freshviews.core.connections import create_redis, redis_url
+from freshviews.core.logs import configure
+from freshviews.core.settings import ConfigError, load
 from freshviews.core.views import Registry
+from freshviews.worker.check import check
 from freshviews.worker.service import Subscriber
 from freshviews.worker.settings import SubscriberSettings
 
-logger = logging.getLogger("freshviews.worker")
+logger = logging.getLogger(__name__)
 
-# CLI flag -> settings field; every flag can also be set as SUBSCRIBER_<FIELD> in the environment.
+#: CLI flag -> settings field; every flag can also be set as SUBSCRIBER_<FIELD> in the environment.
 _OPTIONS: dict[str, tuple[type, str]] = {
-    "views": (str, "module:attribute of the view Registry (default app.views:registry)"),
+    "views": (str, "module:attribute of your view Registry (required; or SUBSCRIBER_VIEWS)"),
     "group": (str, "consumer group name"),
     "consumer": (str, "consumer name, unique per process (default host-pid)"),
     "batch_size": (int, "changes per read"),
@@ -35,67 +44,91 @@ _OPTIONS: dict[str, tuple[type, str]] = {
     "max_attempts": (int, "attempts at a failing recompute before dead-lettering its changes"),
     "metrics_port": (int, "Prometheus metrics port, 0 = off"),
 }
+_EPILOG = "Redis: REDIS_URL (required), or FRESHVIEWS_EMBEDDED_REDIS=1 for an embedded redis-server."
 
 
-def load_registry(spec: str) -> Registry[Any]:
+def load_registry(spec: str | None) -> Registry[Any]:
+    """The :class:`Registry` named ``module:attribute``; :class:`ConfigError` saying what is wrong with it."""
+    if not spec:
+        raise ConfigError("no views to serve: pass --views module:attribute (or set SUBSCRIBER_VIEWS)")
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
-        raise SystemExit(f"--views must look like module:attribute, got {spec!r}")
+        raise ConfigError(f"--views must look like module:attribute, got {spec!r}")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise SystemExit(f"--views {spec}: cannot import {module_name!r} ({exc})") from None
-    registry = getattr(module, attr, None)
+        raise ConfigError(f"--views {spec}: cannot import {module_name!r} ({exc})") from None
+    if not hasattr(module, attr):
+        raise ConfigError(f"--views {spec}: module {module_name!r} has no attribute {attr!r}")
+    registry = getattr(module, attr)
     if not isinstance(registry, Registry):
-        raise SystemExit(f"{spec} is not a subscriber.registry.Registry")
+        raise ConfigError(f"--views {spec}: that is a {type(registry).__name__}, not a freshviews.core.Registry")
     return registry
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m freshviews.worker",
-        description="Consume change events, recompute the affected cached views, write them to Redis, sweep.",
-        epilog="Redis: REDIS_URL (unset: localhost:6379 if it answers, else an embedded redis-server).",
-    )
-    parser.add_argument("command", nargs="?", choices=["run", "sweep"], default="run", help="default: run")
-    parser.add_argument("--once", action="store_true", help="with sweep: one sweep, print its result, exit")
-    parser.add_argument("--burst", action="store_true", help="with run: apply what is in the log, then exit")
-    parser.add_argument("--log-level", default="INFO")
+def add_options(parser: argparse.ArgumentParser, *, burst: bool) -> None:
     for name, (kind, text) in _OPTIONS.items():
         parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, help=text)
-    args = parser.parse_args(argv)
-    if args.command == "sweep" and not args.once:
-        parser.error("sweep needs --once (the timed sweep runs inside `run`)")
-    return args
+    if burst:
+        parser.add_argument("--burst", action="store_true", help="apply what is in the change log, then exit")
 
 
-async def serve(settings: SubscriberSettings, args: argparse.Namespace) -> int:
+def add_commands(commands: Any) -> None:
+    """Add ``subscriber``, ``sweep`` and ``check`` to the sub-command parsers of a command line."""
+    run = commands.add_parser("subscriber", help="run the subscriber process", epilog=_EPILOG)
+    add_options(run, burst=True)
+    run.set_defaults(command=run_command)
+    sweep = commands.add_parser("sweep", help="sweep once: recompute every key, print what it repaired", epilog=_EPILOG)
+    add_options(sweep, burst=False)
+    sweep.set_defaults(command=sweep_command)
+    probe = commands.add_parser(
+        "check",
+        help="exit 0 if a subscriber is alive and sweeping, 1 if not (a liveness probe)",
+        epilog=_EPILOG,
+    )
+    probe.add_argument("--group", help="consumer group name (default: SUBSCRIBER_GROUP or subscribers)")
+    probe.add_argument("--consumer", help="check this consumer only (default: any consumer of the group)")
+    probe.set_defaults(command=check_command)
+
+
+def settings_from(args: argparse.Namespace) -> SubscriberSettings:
+    overrides = {name: getattr(args, name) for name in _OPTIONS if getattr(args, name, None) is not None}
+    if getattr(args, "group", None) is not None:
+        overrides["group"] = args.group
+    return load(SubscriberSettings, **overrides)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
     registry = load_registry(settings.views)
-    async with redis_url_or_embedded(
-        settings.redis_url, settings.data_dir, probe_local=settings.probe_local_redis
-    ) as url:
+    return asyncio.run(_run(settings, registry, burst=args.burst))
+
+
+def sweep_command(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    registry = load_registry(settings.views)
+    return asyncio.run(_sweep(settings, registry))
+
+
+def check_command(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    return asyncio.run(_check(settings, args.consumer))
+
+
+async def _run(settings: SubscriberSettings, registry: Registry[Any], *, burst: bool) -> int:
+    async with redis_url(settings) as url:
         redis = create_redis(url, timeout=settings.redis_timeout)
         try:
             async with registry.open_context() as ctx:
-                subscriber = Subscriber(
-                    redis=redis, keys=Keys(settings.key_prefix), registry=registry, ctx=ctx, settings=settings
-                )
-                loop = asyncio.get_running_loop()
-                for sig in (signal.SIGTERM, signal.SIGINT):
-                    loop.add_signal_handler(sig, subscriber.stop)
-                if args.command == "sweep":
-                    await subscriber.wait_for_redis()
-                    result = await subscriber.sweep("once", lock=False)
-                    print(json.dumps(asdict(result) if result else {}))
-                    return 0
-                if args.burst:
+                subscriber = Subscriber(redis=redis, registry=registry, ctx=ctx, settings=settings)
+                stop_on_signals(subscriber.stop)
+                if burst:
                     await subscriber.start()
                     handled = await subscriber.drain()
                     print(json.dumps({"changes": handled, "batches": subscriber.batches}))
                     return 0
                 if settings.metrics_port:
-                    start_http_server(settings.metrics_port, addr=settings.metrics_host)
-                    logger.info("metrics on http://%s:%d/metrics", settings.metrics_host, settings.metrics_port)
+                    _serve_metrics(settings)
                 logger.info(
                     "subscriber %s in group %s: %d views, Redis %s",
                     settings.consumer, settings.group, len(registry.views), url.split("@")[-1],
@@ -106,16 +139,55 @@ async def serve(settings: SubscriberSettings, args: argparse.Namespace) -> int:
             await redis.aclose()
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    overrides = {name: getattr(args, name) for name in _OPTIONS if getattr(args, name) is not None}
-    settings = SubscriberSettings(**overrides)
+async def _sweep(settings: SubscriberSettings, registry: Registry[Any]) -> int:
+    async with redis_url(settings) as url:
+        redis = create_redis(url, timeout=settings.redis_timeout)
+        try:
+            async with registry.open_context() as ctx:
+                subscriber = Subscriber(redis=redis, registry=registry, ctx=ctx, settings=settings)
+                stop_on_signals(subscriber.stop)
+                await subscriber.wait_for_redis()
+                result = await subscriber.sweep("once", lock=False)
+                print(json.dumps(asdict(result) if result else {}))
+                return 0
+        finally:
+            await redis.aclose()
+
+
+async def _check(settings: SubscriberSettings, consumer: str | None) -> int:
+    async with redis_url(settings) as url:
+        redis = create_redis(url, timeout=settings.redis_timeout)
+        try:
+            health = await check(redis, settings, consumer=consumer)
+        finally:
+            await redis.aclose()
+    print(json.dumps(health.details, indent=2, sort_keys=True))
+    for problem in health.problems:
+        print(f"freshviews check: {problem}", file=sys.stderr)
+    return 0 if not health.problems else 1
+
+
+def _serve_metrics(settings: SubscriberSettings) -> None:
     try:
-        return asyncio.run(serve(settings, args))
-    except RedisConfigError as exc:
-        logger.error("%s", exc)
-        return 2
-    except RedisError as exc:
-        logger.error("Redis error at start-up: %s", exc)
-        return 2
+        start_http_server(settings.metrics_port, addr=settings.metrics_host)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot serve metrics on {settings.metrics_host}:{settings.metrics_port} ({exc.strerror}; another "
+            "subscriber on this host?): give each process its own SUBSCRIBER_METRICS_PORT, or 0 for none"
+        ) from None
+    logger.info("metrics on http://%s:%d/metrics", settings.metrics_host, settings.metrics_port)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m freshviews.worker [options]``: the subscriber, as ``freshviews subscriber [options]``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m freshviews.worker",
+        description="The freshviews subscriber: consume changes, recompute the views they affect, write them to "
+        "Redis, sweep. The same as `freshviews subscriber`.",
+        epilog=_EPILOG,
+    )
+    parser.add_argument("--log-level", default="INFO")
+    add_options(parser, burst=True)
+    args = parser.parse_args(argv)
+    configure(args.log_level)
+    return run_guarded(run_command, args)

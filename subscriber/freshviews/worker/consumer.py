@@ -269,7 +269,7 @@ class ChangeConsumer:
             await pipe.execute()
         for letter in dead:
             metrics.DEAD_LETTERS.labels(letter.kind).inc()
-            logger.error("dead-lettered change %r (%s): %s", letter.entry[0], letter.kind, letter.reason[:300])
+            logger.error("dead-lettered change %s (%s): %s", letter.entry[0].decode(), letter.kind, letter.reason[:300])
 
 
 def _stream_id(value: bytes | str) -> tuple[int, int]:

@@ -97,7 +97,7 @@ class RefreshConsumer:
                 raise InvalidKeyError("no 'key' field")
             return self._registry.parse(raw.decode())
         except (UnicodeDecodeError, UnknownViewError, InvalidKeyError) as exc:
-            logger.warning("dropping refresh request %r: %s", entry[0], exc)
+            logger.warning("dropping refresh request %s: %s", entry[0].decode(), exc)
             return None
 
     async def process(self, entries: Sequence[Entry]) -> RefreshOutcome:

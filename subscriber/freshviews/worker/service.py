@@ -21,8 +21,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
-from freshviews.core.connections import check_redis, where
-from freshviews.core.keys import Keys
+from freshviews.core.connections import check_redis, describe, where
 from freshviews.core.views import Registry
 from freshviews.worker import metrics
 from freshviews.worker.consumer import BatchOutcome, ChangeConsumer
@@ -37,10 +36,14 @@ logger = logging.getLogger(__name__)
 
 #: Entries drained into one batch while a backlog exists, so a burst costs one recompute per key.
 MAX_COALESCE = 20_000
+#: First and longest wait before a sweep whose source failed is tried again, seconds.
+SOURCE_RETRY_FIRST = 0.5
+SOURCE_RETRY_MAX = 30.0
 
 
 class Subscriber:
-    def __init__(self, *, redis: Redis, keys: Keys, registry: Registry[Any], ctx: Any, settings: SubscriberSettings):
+    def __init__(self, *, redis: Redis, registry: Registry[Any], ctx: Any, settings: SubscriberSettings):
+        keys = settings.keys
         self._redis = redis
         self._keys = keys
         self._settings = settings
@@ -90,6 +93,8 @@ class Subscriber:
         self._sweep_reason = "recover"
         self._own_pending_unknown = True
         self._gap_seen: bytes | None = None
+        self._started = time.time()
+        self._source_delay = SOURCE_RETRY_FIRST / 2
         self.batches = 0
 
     def stop(self) -> None:
@@ -101,9 +106,10 @@ class Subscriber:
         credentials, TLS mismatch): those do not fix themselves, and a clear error beats a silent retry loop."""
         delay = 0.1
         while not self._stop.is_set():
-            if await check_redis(self._redis):
+            problem = await check_redis(self._redis)
+            if problem is None:
                 return
-            logger.warning("Redis at %s is not answering; retrying in %.1fs", where(self._redis), delay)
+            logger.warning("Redis at %s is not answering (%s); retrying in %.1fs", where(self._redis), problem, delay)
             await self._sleep(delay)
             delay = min(delay * 2, 5.0)
 
@@ -250,7 +256,7 @@ class Subscriber:
             return
         self._gap_seen = gap
         metrics.LOG_GAPS.inc()
-        logger.warning("the change log was trimmed past changes never read (oldest kept: %r): sweeping", gap)
+        logger.warning("the change log was trimmed past changes never read (oldest kept: %s): sweeping", gap.decode())
         self._sweep_reason = "gap"
         self._sweep_now.set()
 
@@ -271,10 +277,29 @@ class Subscriber:
             return
         reason = self._sweep_reason if self._sweep_now.is_set() else "timer"
         self._sweep_now.clear()
-        await self.sweep(reason)
+        try:
+            await self.sweep(reason)
+        except RedisError:
+            raise
+        except Exception as exc:
+            # The source is not ready (tables not created yet, the database down): weather, like Redis down.
+            self._source_delay = min(self._source_delay * 2, SOURCE_RETRY_MAX)
+            logger.warning(
+                "%s sweep: the views' source failed (%s); retrying in %.1fs", reason, describe(exc), self._source_delay
+            )
+            self._sweep_reason = reason
+            self._sweep_now.set()
+            await self._sleep(self._source_delay)
+        else:
+            self._source_delay = SOURCE_RETRY_FIRST / 2
 
     async def _heartbeat_step(self) -> None:
         ttl = self._settings.heartbeat_ttl
-        status = {"consumer": self._settings.consumer, "group": self._settings.group, "at": time.time()}
+        status = {
+            "consumer": self._settings.consumer,
+            "group": self._settings.group,
+            "at": time.time(),
+            "started": self._started,
+        }
         await self._redis.set(self._keys.heartbeat(self._settings.consumer), json.dumps(status), ex=ttl)
         await self._sleep(ttl / 3)

@@ -1,4 +1,4 @@
-"""The subscriber's one settings object (environment prefix ``SUBSCRIBER_``; ``REDIS_URL`` is shared)."""
+"""The subscriber's one settings object: its own (``SUBSCRIBER_*``) and the ones every process shares."""
 
 from __future__ import annotations
 
@@ -16,10 +16,10 @@ def _default_consumer() -> str:
 
 
 class SubscriberSettings(RedisSettings):
-    model_config = SettingsConfigDict(env_prefix="SUBSCRIBER_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="SUBSCRIBER_", extra="ignore", populate_by_name=True)
 
-    #: ``module:attribute`` of the :class:`~subscriber.registry.Registry` to serve.
-    views: str = "freshviews.scoreboard.views:registry"
+    #: ``module:attribute`` of the :class:`~freshviews.core.views.Registry` to serve (required: ``--views``).
+    views: str | None = None
     group: str = Field(default="subscribers", min_length=1, max_length=64)
     consumer: str = Field(default_factory=_default_consumer, min_length=1, max_length=128)
     #: Changes read per XREADGROUP; all changes in one batch that touch a key cost one recompute.

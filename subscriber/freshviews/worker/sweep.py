@@ -9,13 +9,15 @@ they never hammer the backend, and only one subscriber of a group sweeps at a ti
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.typing import EncodableT, FieldT
 
 from freshviews.core.keys import TOMBSTONE, Keys
 from freshviews.core.views import InvalidKeyError, Registry, UnknownViewError, ViewKey
@@ -24,6 +26,11 @@ from freshviews.worker.recompute import Recomputer
 from freshviews.worker.store import CacheStore, WriteOutcome
 
 logger = logging.getLogger(__name__)
+
+#: Failed keys a sweep names in its log line and its record; the count covers the rest.
+MAX_NAMED_FAILURES = 5
+#: Reasons a sweep runs for on purpose: their repairs are expected (an empty cache being filled, say).
+ROUTINE = frozenset({"warm", "recover", "once", "gap"})
 
 _RELEASE_LUA = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -45,6 +52,16 @@ class SweepResult:
     reason: str = ""
     #: Stopped by shutdown before every key was visited.
     interrupted: bool = False
+    #: The first keys that failed (at most ``MAX_NAMED_FAILURES``), each with its reason.
+    failures: dict[str, str] = field(default_factory=dict)
+
+
+def _named(result: SweepResult) -> str:
+    if not result.failures:
+        return ""
+    more = result.failed - len(result.failures)
+    named = "; ".join(f"{key}: {reason}" for key, reason in result.failures.items())
+    return f" ({named}{f'; and {more} more' if more > 0 else ''})"
 
 
 def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
@@ -112,6 +129,9 @@ class Sweeper:
             chunk_started = time.perf_counter()
             outcome = await self._recomputer.run({k: targets[k] for k in names}, trigger="sweep")
             result.failed += len(outcome.failures)
+            for key, exc in outcome.failures.items():
+                if len(result.failures) < MAX_NAMED_FAILURES:
+                    result.failures[key] = f"{type(exc).__name__}: {exc}"[:200]
             for key, written in outcome.outcomes.items():
                 if written is WriteOutcome.WRITTEN:
                     result.repaired += 1
@@ -127,13 +147,15 @@ class Sweeper:
         if not result.interrupted:
             metrics.SWEEPS.labels(reason).inc()
             metrics.SWEEP_SECONDS.observe(result.seconds)
-        await self._redis.hset(
-            self._keys.sweep, mapping={**{k: str(v) for k, v in asdict(result).items()}, "at": str(time.time())}
-        )
-        log = logger.warning if result.repaired or result.failed else logger.info
-        log(
-            "sweep (%s)%s: %d keys, %d repaired (%d deleted), %d unchanged, %d fenced, %d failed in %.2fs",
+        fields: dict[FieldT, EncodableT] = {"at": str(time.time())}
+        for name, value in asdict(result).items():
+            fields[name] = json.dumps(value) if isinstance(value, dict) else str(value)
+        await self._redis.hset(self._keys.sweep, mapping=fields)
+        # A timer sweep that repaired something found a change that never reached the cache: worth a warning.
+        unexpected = result.failed or (result.repaired and reason not in ROUTINE)
+        (logger.warning if unexpected else logger.info)(
+            "sweep (%s)%s: %d keys, %d repaired (%d deleted), %d unchanged, %d fenced, %d failed in %.2fs%s",
             reason, " interrupted by shutdown" if result.interrupted else "", result.keys, result.repaired,
-            result.deleted, result.unchanged, result.fenced, result.failed, result.seconds,
+            result.deleted, result.unchanged, result.fenced, result.failed, result.seconds, _named(result),
         )  # fmt: skip
         return result

@@ -1,0 +1,82 @@
+"""``freshviews check``: is a subscriber alive, and has the sweep run as often as it should?
+
+Every subscriber refreshes a heartbeat key with a TTL (``<p>:hb:<consumer>``, written by the heartbeat loop of
+:mod:`freshviews.worker.service`) and every sweep records its outcome (``<p>:sweep``). This reads both, the way
+arq's ``--check`` reads its health key, so a container or a supervisor can probe liveness without a port. A
+subscriber is alive while its heartbeat is younger than ``heartbeat_ttl``; the sweep is late once more than twice
+its interval (plus the time one sweep may take) passed since the last one finished, or since the oldest live
+subscriber started when none finished yet.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from redis.asyncio import Redis
+
+from freshviews.worker.settings import SubscriberSettings
+
+#: Beyond twice the interval, the time a sweep may itself take before it counts as late, seconds.
+SWEEP_GRACE = 60.0
+
+
+@dataclass
+class Health:
+    details: dict[str, Any] = field(default_factory=dict)
+    #: Why the check fails, one line each; empty when healthy.
+    problems: list[str] = field(default_factory=list)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+async def heartbeats(redis: Redis, settings: SubscriberSettings) -> list[dict[str, Any]]:
+    """Every heartbeat of ``settings.group`` still in Redis (each ``{"consumer", "group", "at", "started"}``)."""
+    keys = settings.keys
+    names = [name async for name in redis.scan_iter(match=keys.heartbeat_pattern, count=1000)]
+    beats: list[dict[str, Any]] = []
+    for raw in await redis.mget(names) if names else []:
+        if raw is None:
+            continue  # expired between SCAN and MGET
+        try:
+            beat = json.loads(raw)
+        except ValueError:
+            continue
+        if isinstance(beat, dict) and beat.get("group") == settings.group:
+            beats.append(beat)
+    return sorted(beats, key=lambda beat: str(beat.get("consumer")))
+
+
+async def check(redis: Redis, settings: SubscriberSettings, *, consumer: str | None = None) -> Health:
+    """The subscribers' health as ``freshviews check`` reports it."""
+    now = time.time()
+    health = Health()
+    beats = [b for b in await heartbeats(redis, settings) if consumer is None or b.get("consumer") == consumer]
+    alive = [b for b in beats if now - float(b.get("at", 0)) <= settings.heartbeat_ttl]
+    health.details["subscribers"] = [
+        {"consumer": b.get("consumer"), "heartbeat_age_s": round(now - float(b.get("at", 0)), 1)} for b in beats
+    ]
+    if not alive:
+        who = f"subscriber {consumer!r}" if consumer else f"subscriber of group {settings.group!r}"
+        health.problems.append(f"no {who} has a heartbeat younger than {settings.heartbeat_ttl}s")
+    record = await redis.hgetall(settings.keys.sweep)
+    sweep = {_text(k): _text(v) for k, v in record.items()}
+    health.details["last_sweep"] = sweep or None
+    if settings.sweep_interval > 0 and alive:
+        late_after = 2 * settings.sweep_interval + SWEEP_GRACE
+        if sweep:
+            since = now - float(sweep.get("at", 0))
+            if since > late_after:
+                health.problems.append(
+                    f"the last sweep finished {since:.0f}s ago (expected every {settings.sweep_interval:g}s)"
+                )
+        else:
+            running = now - min(float(b.get("started", now)) for b in alive)
+            if running > late_after:
+                health.problems.append(f"no sweep has finished in the {running:.0f}s the subscribers have run")
+    health.details["status"] = "ok" if not health.problems else "failing"
+    return health
