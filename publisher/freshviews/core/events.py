@@ -1,8 +1,17 @@
-"""The change event: the one contract between a backend's write path and the subscriber.
+"""The change event: the one contract between whatever captures a write and the subscriber.
 
-On the wire a change is one Redis Stream entry with a single field ``c`` holding compact JSON with short
-names (``{"s":1,"e":"score","i":"42","o":"c","h":{"player_id":7},"t":1732770000123}``). The schema
-number ``s`` lets a newer subscriber read older entries and reject entries from a future schema clearly.
+A change names one row of the source of truth that a committed transaction inserted, updated or deleted: its
+entity (the table), its primary key as text, and the values of the columns the views depend on before and after
+the change (``before`` is None for an insert, ``after`` for a delete). On the wire it is one Redis Stream entry
+with a single field ``c`` holding compact JSON with short names::
+
+    {"s":2,"e":"scores","i":"42","o":"u","b":{"player_id":7,"points":10},"a":{"player_id":7,"points":25},
+     "t":1732770000123,"x":"outbox:981"}
+
+``x`` is where the change came from (the outbox row, or a position in the database's log): a change relayed
+twice carries the same ``x``, and is harmless anyway, since a recompute reads the source, not the change. The
+schema number ``s`` lets a newer subscriber read older entries (schema 1 carried the values as ``h``, "hints")
+and reject entries from a future schema clearly.
 """
 
 from __future__ import annotations
@@ -11,17 +20,25 @@ import enum
 import time
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 #: The stream field that carries the encoded change.
 FIELD = b"c"
 #: Entries larger than this are rejected by the decoder (a poison entry must not stall the consumer).
 MAX_ENCODED_BYTES = 64 * 1024
+#: Columns one change may carry, before or after.
+MAX_COLUMNS = 64
 
-Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z][A-Za-z0-9_]{0,63}$")]
+#: A table (optionally schema-qualified) or another kind of entity.
+Entity = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}(\.[A-Za-z_][A-Za-z0-9_]{0,62})?$")]
+Column = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")]
 EntityId = Annotated[str, StringConstraints(min_length=1, max_length=128)]
-HintValue = str | int | float | bool | None
+#: A column value as JSON carries it (the capture turns dates, decimals and UUIDs into text).
+Value = str | int | float | bool | None
+#: The name values had in schema 1.
+HintValue = Value
+Row = dict[Column, Value | list[Value]]
 
 
 class Operation(enum.StrEnum):
@@ -33,23 +50,56 @@ class Operation(enum.StrEnum):
 class Change(BaseModel):
     """One committed change to one row of the source of truth.
 
-    ``hints`` carry facts the writer already knows (a score's ``player_id``, a player's old and new
-    ``region``) so the subscriber can find the affected keys without a lookup. They are advisory:
-    a view must still be correct when a hint is missing.
+    ``before`` and ``after`` hold the values of the columns the views depend on (at least those; a capture may
+    carry more). A view's declared dependencies (:class:`freshviews.core.On`) read them to name the keys the
+    change affects; a change that lacks a column a declaration needs makes the subscriber recompute every key of
+    that view instead, so leaving values out costs work, never freshness.
     """
 
     model_config = ConfigDict(frozen=True, populate_by_name=True, extra="forbid")
 
     schema_version: int = Field(default=SCHEMA_VERSION, alias="s", ge=1, le=SCHEMA_VERSION)
-    entity: Name = Field(alias="e")
+    entity: Entity = Field(alias="e")
     id: EntityId = Field(alias="i")
     op: Operation = Field(alias="o")
-    hints: dict[Name, HintValue | list[HintValue]] = Field(default_factory=dict, alias="h", max_length=32)
+    before: Row | None = Field(default=None, alias="b", max_length=MAX_COLUMNS)
+    after: Row | None = Field(default=None, alias="a", max_length=MAX_COLUMNS)
     #: Commit time in epoch milliseconds, for the commit-to-cache latency metric.
     committed_ms: int = Field(default_factory=lambda: int(time.time() * 1000), alias="t", ge=0)
+    #: Where the change came from (``outbox:<row id>``, a log position): the same for a change relayed twice.
+    origin: str | None = Field(default=None, alias="x", max_length=128)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _hints_are_after_values(cls, data: Any) -> Any:
+        # Schema 1 (and callers of the earlier API) gave the row's values as "hints": they are what is now "after".
+        if isinstance(data, dict):
+            hints = data.get("h", data.get("hints"))
+            if isinstance(hints, dict):
+                data = {k: v for k, v in data.items() if k not in ("h", "hints")}
+                after = data.get("a", data.get("after")) or {}
+                data["a" if "a" in data or "after" not in data else "after"] = {**hints, **after}
+        return data
+
+    @property
+    def hints(self) -> Row:
+        """The ``after`` values (the name the values had in schema 1)."""
+        return self.after or {}
+
+    def values(self, column: str) -> list[Value | list[Value]] | None:
+        """The column's values before and after the change (one each, duplicates kept out); None when neither
+        side carries the column."""
+        found: list[Value | list[Value]] = []
+        present = False
+        for row in (self.before, self.after):
+            if row is not None and column in row:
+                present = True
+                if row[column] not in found:
+                    found.append(row[column])
+        return found if present else None
 
     def encode(self) -> bytes:
-        return self.model_dump_json(by_alias=True, exclude_defaults=False).encode()
+        return self.model_dump_json(by_alias=True, exclude_none=True).encode()
 
 
 class ChangeDecodeError(ValueError):
