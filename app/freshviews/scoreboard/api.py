@@ -163,7 +163,7 @@ def _score_change(op: Operation, score: Score, player: Player, *, delta: int, to
         "delta": delta,
         "total": total,
     }
-    return Change(entity="score", id=str(score.id), op=op, hints=hints)
+    return Change(entity="score", id=str(score.id), op=op, after=hints)
 
 
 def _score_out(score: Score, change_ids: list[str]) -> ScoreOut:
@@ -248,7 +248,7 @@ def api_router() -> APIRouter:
         await session.flush()
         await _commit(session, f"team {body.team_id} does not exist")
         hints: Hints = {"region": player.region, "team_id": player.team_id, "total": 0}
-        ids = await publisher.publish(Change(entity="player", id=str(player.id), op=Operation.CREATE, hints=hints))
+        ids = await publisher.publish(Change(entity="player", id=str(player.id), op=Operation.CREATE, after=hints))
         return _player_out(player, ids)
 
     @router.patch("/players/{player_id}")
@@ -281,7 +281,7 @@ def api_router() -> APIRouter:
             "old_team_id": old_team_id,
             "total": total,
         }
-        ids = await publisher.publish(Change(entity="player", id=str(player.id), op=Operation.UPDATE, hints=hints))
+        ids = await publisher.publish(Change(entity="player", id=str(player.id), op=Operation.UPDATE, after=hints))
         return _player_out(player, ids)
 
     @router.delete("/players/{player_id}")
@@ -295,7 +295,7 @@ def api_router() -> APIRouter:
         await session.execute(delete(Player).where(Player.id == player_id))  # its scores go with it (FK cascade)
         await _commit(session, f"player {player_id} could not be deleted")
         hints: Hints = {"region": player.region, "team_id": player.team_id, "total": total}
-        ids = await publisher.publish(Change(entity="player", id=str(player.id), op=Operation.DELETE, hints=hints))
+        ids = await publisher.publish(Change(entity="player", id=str(player.id), op=Operation.DELETE, after=hints))
         return _player_out(player, ids)
 
     @router.post("/teams", status_code=status.HTTP_201_CREATED)
@@ -333,7 +333,7 @@ def api_router() -> APIRouter:
             hints["player_ids"] = member_ids
         else:
             logger.warning("team %d had %d members; their player views wait for the sweep", team_id, len(members))
-        ids = await publisher.publish(Change(entity="team", id=str(team.id), op=Operation.DELETE, hints=hints))
+        ids = await publisher.publish(Change(entity="team", id=str(team.id), op=Operation.DELETE, after=hints))
         return TeamOut(id=team.id, name=team.name, change_ids=ids)
 
     @router.get("/stats/global")
