@@ -60,11 +60,11 @@ async def test_an_untrimmed_log_is_no_gap(
         await publisher.publish(item_change(item))
     assert await sub.drain() == 3
     await publisher.publish(item_change(1))
-    assert await sub.consumer.trimmed_gap() is None
+    assert await sub.consumer.reader.trimmed_gap() is None
     await redis.xtrim(keys.changes, maxlen=2, approximate=False)  # trims only what was read
-    assert await sub.consumer.trimmed_gap() is None
+    assert await sub.consumer.reader.trimmed_gap() is None
     # Trimming exactly up to the first unread change loses nothing either; Redis 7 can tell, Redis 6.2 cannot
     # and errs on the side of a sweep.
     await redis.xtrim(keys.changes, maxlen=1, approximate=False)
     version = (await redis.info("server"))["redis_version"]
-    assert (await sub.consumer.trimmed_gap() is None) == (int(version.split(".")[0]) >= 7)
+    assert (await sub.consumer.reader.trimmed_gap() is None) == (int(version.split(".")[0]) >= 7)

@@ -3,7 +3,8 @@
 A change is acknowledged only after every key it affects was written (or refused by the fence, which
 means a newer value is already there). A change that cannot be decoded, or whose keys keep failing after
 ``max_attempts``, is copied to the dead-letter stream with its reason and then acknowledged, so one bad
-change never stops the others.
+change never stops the others. Reading (own pending changes first, a lost group recreated) is the
+:class:`~freshviews.worker.groups.GroupReader`'s.
 """
 
 from __future__ import annotations
@@ -12,25 +13,29 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Generic, TypeVar
 
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from freshviews.core.events import FIELD, Change, ChangeDecodeError, decode
-from freshviews.core.keys import Keys
 from freshviews.core.views import Registry, ViewKey
 from freshviews.worker import metrics
-from freshviews.worker.groups import Entry, ensure_group, read_group
+from freshviews.worker.groups import Entry, GroupReader, group_gone
 from freshviews.worker.recompute import Recomputer
+from freshviews.worker.settings import SubscriberSettings
 from freshviews.worker.store import WriteOutcome
 
 logger = logging.getLogger(__name__)
 
+Ctx = TypeVar("Ctx")
+
 #: Dead-letter entries keep at most this much of the original payload (the reason matters more than a 1 MB body).
 DEAD_LETTER_PAYLOAD_BYTES = 4096
+#: Changes gathered into one batch while a backlog exists, so that a burst costs one recompute per key.
+MAX_COALESCE = 20_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,92 +57,60 @@ class BatchOutcome:
     failed_keys: dict[str, str] = field(default_factory=dict)
 
 
-class ChangeConsumer:
-    """One consumer of the change log's consumer group."""
+class ChangeConsumer(Generic[Ctx]):
+    """This process's consumer of the change log's group: reads, applies and acknowledges batches of changes.
+
+    ``on_group_lost`` is called when Redis says the group is gone, before it is recreated: the changes the lost
+    group had not delivered are unknown, so the subscriber sweeps.
+    """
 
     def __init__(
         self,
         *,
         redis: Redis,
-        keys: Keys,
-        registry: Registry[Any],
-        ctx: Any,
-        recomputer: Recomputer,
-        group: str,
-        consumer: str,
-        batch_size: int = 500,
-        block_ms: int = 1000,
-        max_attempts: int = 3,
-        retry_backoff: float = 0.1,
-        max_deliveries: int = 5,
-        reclaim_idle_ms: int = 30_000,
-        dead_letter_maxlen: int = 10_000,
+        registry: Registry[Ctx],
+        ctx: Ctx,
+        recomputer: Recomputer[Ctx],
+        settings: SubscriberSettings,
+        on_group_lost: Callable[[], None] | None = None,
     ) -> None:
         self._redis = redis
-        self._keys = keys
+        self._keys = settings.keys
         self._registry = registry
         self._ctx = ctx
         self._recomputer = recomputer
-        self.group = group
-        self.consumer = consumer
-        self._batch_size = batch_size
-        self._block_ms = block_ms
-        self._max_attempts = max_attempts
-        self._retry_backoff = retry_backoff
-        self._max_deliveries = max_deliveries
-        self._reclaim_idle_ms = reclaim_idle_ms
+        self._settings = settings
+        self.group = settings.group
+        self.consumer = settings.consumer
+        self.reader = GroupReader(redis, self._keys.changes, settings, coalesce=MAX_COALESCE, on_lost=on_group_lost)
+        #: Batches applied so far (burst mode reports it).
+        self.batches = 0
         #: Entries being processed by this consumer right now: XAUTOCLAIM hands back our own entries too
         #: once they are idle long enough, and a slow batch must not be processed twice at once.
         self._in_flight: set[bytes] = set()
-        self._dead_letter_maxlen = dead_letter_maxlen
-
-    async def ensure_group(self) -> bool:
-        """Create the consumer group (and the stream) if missing; True when it had to be created."""
-        return await ensure_group(self._redis, self._keys.changes, self.group)
-
-    async def trimmed_gap(self, *, reported: bytes | None = None) -> bytes | None:
-        """The oldest change id kept if the log lost changes this group never read, else None.
-
-        ``reported`` is the id this returned last time: until the group reads past it, the hole is the same
-        one (a consumer that is still behind keeps seeing the log trimmed ahead of it).
-
-        MAXLEN trimming (or a subscriber down for long) can drop changes before the group read them; only a
-        sweep can repair what they would have refreshed. Nothing unread was lost while the oldest entry kept
-        is at or before the group's position. Past it, Redis 7 tells by its counters (changes added minus
-        changes the group read, against the entries kept); Redis 6.2 has no counters, so there any trimming
-        past the position counts as a gap (at worst, one sweep too many). A group that never read anything
-        (position 0-0) is new: an empty cache is warmed anyway.
-        """
-        try:
-            info = await self._redis.xinfo_stream(self._keys.changes)
-            groups = await self._redis.xinfo_groups(self._keys.changes)
-        except ResponseError:
-            return None  # no stream yet
-        group = next((g for g in groups if g["name"] in (self.group, self.group.encode())), None)
-        first = info.get("first-entry")
-        if group is None or not first:
-            return None
-        position = _stream_id(group["last-delivered-id"])
-        if position == (0, 0) or _stream_id(first[0]) <= position:
-            return None
-        if reported is not None and position < _stream_id(reported):
-            return None
-        added, read = info.get("entries-added"), group.get("entries-read")
-        if added is not None and read is not None and int(added) - int(read) <= int(info["length"]):
-            return None
-        return bytes(first[0])
 
     async def read(self, *, pending: bool = False, block: bool = True) -> list[Entry]:
-        """The next batch: new changes, or with ``pending`` this consumer's own unacknowledged ones."""
-        return await read_group(
-            self._redis,
-            self._keys.changes,
-            self.group,
-            self.consumer,
-            count=self._batch_size,
-            block_ms=self._block_ms if block else None,
-            pending=pending,
-        )
+        """One batch read outside :meth:`step`: new changes, or with ``pending`` this consumer's own
+        unacknowledged ones. They stay pending until :meth:`process` acknowledges them."""
+        return await self.reader.read(pending=pending, block=block)
+
+    async def step(self) -> int:
+        """One step of the consume loop: own pending changes first, then one batch of new ones (a backlog
+        coalesced into it), each applied; returns how many changes were handled."""
+        return await self.reader.step(self.process)
+
+    async def drain(self) -> int:
+        """Burst mode: apply everything pending and new, then return the number of changes handled."""
+        return await self.reader.drain(self.process)
+
+    async def update_gauges(self) -> None:
+        """Set the pending and lag gauges from the group's state."""
+        group = await self.reader.info()
+        if group is None:
+            return
+        metrics.PENDING.set(group["pending"])
+        if group.get("lag") is not None:  # Redis >= 7 only
+            metrics.STREAM_LAG.set(group["lag"])
 
     async def reclaim(self) -> list[Entry]:
         """Take over changes left pending by consumers idle longer than ``reclaim_idle_ms``.
@@ -145,9 +118,20 @@ class ChangeConsumer:
         Changes delivered ``max_deliveries`` times without an acknowledgement are dead-lettered instead:
         they may be what crashes the subscriber.
         """
-        reply = await self._redis.xautoclaim(
-            self._keys.changes, self.group, self.consumer, self._reclaim_idle_ms, "0-0", count=self._batch_size
-        )
+        settings = self._settings
+        try:
+            reply = await self._redis.xautoclaim(
+                self._keys.changes,
+                self.group,
+                self.consumer,
+                settings.reclaim_idle_ms,
+                "0-0",
+                count=settings.batch_size,
+            )
+        except ResponseError as exc:
+            if not group_gone(exc):
+                raise
+            return []  # nothing is pending in a group that is gone; the consume loop recreates it
         entries: list[Entry] = [(i, f) for i, f in reply[1] if i is not None and i not in self._in_flight]
         if not entries:
             return []
@@ -157,7 +141,7 @@ class ChangeConsumer:
             self._keys.changes, self.group, entries[0][0], entries[-1][0], len(entries) * 2, self.consumer
         )
         deliveries = {d["message_id"]: int(d["times_delivered"]) for d in details}
-        poison = [(e, deliveries.get(e[0], 0)) for e in entries if deliveries.get(e[0], 0) > self._max_deliveries]
+        poison = [(e, deliveries.get(e[0], 0)) for e in entries if deliveries.get(e[0], 0) > settings.max_deliveries]
         if poison:
             await self._settle(
                 [],
@@ -171,9 +155,11 @@ class ChangeConsumer:
         ids = {entry_id for entry_id, _ in entries}
         self._in_flight |= ids
         try:
-            return await self._process(entries)
+            outcome = await self._process(entries)
         finally:
             self._in_flight -= ids
+        self.batches += 1
+        return outcome
 
     async def _process(self, entries: Sequence[Entry]) -> BatchOutcome:
         outcome = BatchOutcome(entries=len(entries))
@@ -195,8 +181,9 @@ class ChangeConsumer:
 
         affected: dict[bytes, dict[str, ViewKey]] = {}
         done: set[str] = set()
+        max_attempts = self._settings.max_attempts
         errors: dict[bytes, str] = {}
-        for attempt in range(1, self._max_attempts + 1):
+        for attempt in range(1, max_attempts + 1):
             errors = {}
             for entry_id, (_, change) in changes.items():
                 if entry_id in affected:
@@ -224,16 +211,16 @@ class ChangeConsumer:
             outcome.failed_keys = failed
             if not errors:
                 break
-            if attempt < self._max_attempts:
+            if attempt < max_attempts:
                 logger.warning("attempt %d: %d change(s) not applied yet, retrying", attempt, len(errors))
-                await asyncio.sleep(self._retry_backoff * 2 ** (attempt - 1))
+                await asyncio.sleep(self._settings.retry_backoff * 2 ** (attempt - 1))
 
         outcome.keys = len(done)
         now_ms = time.time() * 1000
         good: list[Entry] = []
         for entry_id, (entry, change) in changes.items():
             if entry_id in errors:
-                dead.append(DeadLetter(entry, "recompute", errors[entry_id], self._max_attempts))
+                dead.append(DeadLetter(entry, "recompute", errors[entry_id], max_attempts))
                 continue
             good.append(entry)
             metrics.COMMIT_TO_CACHE.observe(max(0.0, now_ms - change.committed_ms) / 1000)
@@ -262,7 +249,7 @@ class ChangeConsumer:
                         "size": len(payload),
                         "payload": payload[:DEAD_LETTER_PAYLOAD_BYTES],
                     },
-                    maxlen=self._dead_letter_maxlen,
+                    maxlen=self._settings.dead_letter_maxlen,
                     approximate=True,
                 )
             pipe.xack(self._keys.changes, self.group, *[e[0] for e in good], *[d.entry[0] for d in dead])
@@ -270,9 +257,3 @@ class ChangeConsumer:
         for letter in dead:
             metrics.DEAD_LETTERS.labels(letter.kind).inc()
             logger.error("dead-lettered change %s (%s): %s", letter.entry[0].decode(), letter.kind, letter.reason[:300])
-
-
-def _stream_id(value: bytes | str) -> tuple[int, int]:
-    text = value.decode() if isinstance(value, bytes) else value
-    ms, _, seq = text.partition("-")
-    return int(ms), int(seq or 0)

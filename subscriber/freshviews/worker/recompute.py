@@ -7,7 +7,7 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import pydantic_core
 from pydantic import BaseModel
@@ -17,6 +17,8 @@ from freshviews.worker import metrics
 from freshviews.worker.store import CacheStore, PendingWrite, WriteOutcome
 
 logger = logging.getLogger(__name__)
+
+Ctx = TypeVar("Ctx")
 
 
 def serialize(value: Any) -> bytes | None:
@@ -34,10 +36,11 @@ class RecomputeResult:
     failures: dict[str, BaseException] = field(default_factory=dict)
 
 
-class Recomputer:
-    """Recomputes keys and writes them through the fence, at most ``concurrency`` computes at once."""
+class Recomputer(Generic[Ctx]):
+    """Recomputes keys and writes them through the fence, at most ``concurrency`` computes at once; every compute
+    gets ``ctx``, the context the registry opened."""
 
-    def __init__(self, store: CacheStore, ctx: Any, *, concurrency: int) -> None:
+    def __init__(self, store: CacheStore, ctx: Ctx, *, concurrency: int) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be >= 1")
         self._store = store

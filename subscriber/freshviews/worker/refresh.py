@@ -16,20 +16,22 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, fields
+from typing import Generic, TypeVar
 
 from prometheus_client import Counter
 from redis.asyncio import Redis
-from redis.exceptions import ResponseError
 
-from freshviews.core.keys import REFRESH_KEY, Keys
+from freshviews.core.keys import REFRESH_KEY
 from freshviews.core.views import InvalidKeyError, Registry, UnknownViewError, ViewKey
-from freshviews.worker.groups import Entry, ensure_group, read_group
+from freshviews.worker.groups import Entry, GroupReader
 from freshviews.worker.recompute import Recomputer
+from freshviews.worker.settings import SubscriberSettings
 from freshviews.worker.store import CacheStore
 
 logger = logging.getLogger(__name__)
+
+Ctx = TypeVar("Ctx")
 
 REFRESH_REQUESTS = Counter(
     "freshviews_refresh_requests_total",
@@ -46,49 +48,31 @@ class RefreshOutcome:
     invalid: int = 0
     failed: int = 0
 
+    def add(self, other: RefreshOutcome) -> None:
+        for counted in fields(self):
+            setattr(self, counted.name, getattr(self, counted.name) + getattr(other, counted.name))
 
-class RefreshConsumer:
-    """One consumer of the refresh stream's consumer group."""
+
+class RefreshConsumer(Generic[Ctx]):
+    """This process's consumer of the refresh stream's group (the same group name as the change log's)."""
 
     def __init__(
         self,
         *,
         redis: Redis,
-        keys: Keys,
-        registry: Registry[Any],
+        registry: Registry[Ctx],
         store: CacheStore,
-        recomputer: Recomputer,
-        group: str,
-        consumer: str,
-        batch_size: int = 500,
-        block_ms: int = 1000,
+        recomputer: Recomputer[Ctx],
+        settings: SubscriberSettings,
     ) -> None:
         self._redis = redis
-        self._keys = keys
+        self._keys = settings.keys
         self._registry = registry
         self._store = store
         self._recomputer = recomputer
-        self.group = group
-        self.consumer = consumer
-        self._batch_size = batch_size
-        self._block_ms = block_ms
-        # A previous life under the same consumer name may have left requests pending: read those first.
-        self._own_pending_unknown = True
-
-    async def ensure_group(self) -> bool:
-        """Create the group (and the stream) if missing; True when it had to be created."""
-        return await ensure_group(self._redis, self._keys.refresh, self.group)
-
-    async def read(self, *, pending: bool = False, block: bool = True) -> list[Entry]:
-        return await read_group(
-            self._redis,
-            self._keys.refresh,
-            self.group,
-            self.consumer,
-            count=self._batch_size,
-            block_ms=self._block_ms if block else None,
-            pending=pending,
-        )
+        self.group = settings.group
+        # A lost group is only recreated: readers whose requests went with it ask again.
+        self.reader = GroupReader(redis, self._keys.refresh, settings)
 
     def _parse(self, entry: Entry) -> ViewKey | None:
         raw = entry[1].get(REFRESH_KEY)
@@ -131,30 +115,16 @@ class RefreshConsumer:
         return outcome
 
     async def step(self) -> None:
-        """One read-and-process step of the subscriber's refresh loop (blocks up to ``block_ms``)."""
-        try:
-            if self._own_pending_unknown:
-                while own := await self.read(pending=True, block=False):
-                    await self.process(own)
-                self._own_pending_unknown = False
-            if batch := await self.read(block=True):
-                self._own_pending_unknown = True  # until processed and acknowledged
-                await self.process(batch)
-                self._own_pending_unknown = False
-        except ResponseError as exc:
-            # NOGROUP, or (Redis >= 7) a blocked read told the stream was deleted under it.
-            if "NOGROUP" not in str(exc) and "no longer exists" not in str(exc):
-                raise
-            # Redis restarted empty or the stream was deleted: recreate the group; readers simply ask again.
-            logger.warning("refresh group missing (%s): recreating it", exc)
-            await self.ensure_group()
+        """One step of the subscriber's refresh loop: own pending requests first, then new ones (waiting up to
+        ``block_ms``)."""
+        await self.reader.step(self.process)
 
     async def drain(self) -> RefreshOutcome:
         """Apply every request pending and new, then return (burst mode and tests)."""
         total = RefreshOutcome()
-        while (batch := await self.read(pending=True, block=False)) or (batch := await self.read(block=False)):
-            outcome = await self.process(batch)
-            for name in ("entries", "recomputed", "cached", "invalid", "failed"):
-                setattr(total, name, getattr(total, name) + getattr(outcome, name))
-        self._own_pending_unknown = False
+
+        async def process(entries: list[Entry]) -> None:
+            total.add(await self.process(entries))
+
+        await self.reader.drain(process)
         return total

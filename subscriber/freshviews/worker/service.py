@@ -1,11 +1,13 @@
 """The subscriber process's supervisor: one owner for every background loop.
 
-Loops: consume (new changes), refresh (keys readers found missing, see subscriber/refresh.py), reclaim
-(changes abandoned by dead consumers, plus stream gauges), sweep (on a timer, and at once when Redis comes
-back empty), heartbeat. A Redis error inside a loop is logged, counted and retried with backoff: Redis
-restarting is weather, not a reason to exit. A loop that crashes for any other reason is logged and ends the
-process (exit status 1) so that its supervisor restarts it, rather than leaving a subscriber that silently
-does nothing.
+Loops: consume (new changes), refresh (keys readers found missing, see :mod:`freshviews.worker.refresh`), reclaim
+(changes abandoned by dead consumers, plus stream gauges and trimmed-log detection), sweep (on a timer, and at once
+when Redis comes back empty), heartbeat. They run in one :class:`asyncio.TaskGroup`.
+
+A Redis error inside a loop is logged, counted and retried with backoff: Redis restarting is weather, not a reason
+to exit (a lost consumer group is recreated by the group reader, and the cache swept). A loop that fails for any
+other reason is logged and ends :meth:`Subscriber.run`, which re-raises it, so that the process exits (status 1)
+and its supervisor restarts it, rather than leaving a subscriber that silently does nothing.
 """
 
 from __future__ import annotations
@@ -16,15 +18,15 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Generic, TypeVar
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisError
 
 from freshviews.core.connections import check_redis, describe, where
 from freshviews.core.views import Registry
 from freshviews.worker import metrics
-from freshviews.worker.consumer import BatchOutcome, ChangeConsumer
+from freshviews.worker.consumer import MAX_COALESCE, BatchOutcome, ChangeConsumer
 from freshviews.worker.groups import Entry
 from freshviews.worker.recompute import Recomputer
 from freshviews.worker.refresh import RefreshConsumer
@@ -32,103 +34,101 @@ from freshviews.worker.settings import SubscriberSettings
 from freshviews.worker.store import CacheStore
 from freshviews.worker.sweep import Sweeper, SweepResult
 
+# MAX_COALESCE: what a burst is coalesced up to, which benchmarks report beside their results.
+__all__ = ["MAX_COALESCE", "Subscriber"]
+
 logger = logging.getLogger(__name__)
 
-#: Entries drained into one batch while a backlog exists, so a burst costs one recompute per key.
-MAX_COALESCE = 20_000
+Ctx = TypeVar("Ctx")
+
+#: First and longest wait before a loop that hit a Redis error tries again, seconds.
+REDIS_RETRY_FIRST = 0.1
+REDIS_RETRY_MAX = 5.0
 #: First and longest wait before a sweep whose source failed is tried again, seconds.
 SOURCE_RETRY_FIRST = 0.5
 SOURCE_RETRY_MAX = 30.0
 
 
-class Subscriber:
-    def __init__(self, *, redis: Redis, registry: Registry[Any], ctx: Any, settings: SubscriberSettings):
-        keys = settings.keys
+class Subscriber(Generic[Ctx]):
+    """Everything one subscriber process does, for ``registry``'s views computed with ``ctx``.
+
+    :meth:`run` is the process (every loop until :meth:`stop`); :meth:`start` and :meth:`drain` are burst mode,
+    :meth:`sweep` one repair pass.
+    """
+
+    def __init__(self, *, redis: Redis, registry: Registry[Ctx], ctx: Ctx, settings: SubscriberSettings) -> None:
         self._redis = redis
-        self._keys = keys
+        self._keys = settings.keys
         self._settings = settings
-        self.store = CacheStore(redis, keys, tombstone_ttl=settings.tombstone_ttl)
+        self.store = CacheStore(redis, self._keys, tombstone_ttl=settings.tombstone_ttl)
         # Changes and readers' refresh requests share one bound on recomputes: both land on the same backend.
         recomputer = Recomputer(self.store, ctx, concurrency=settings.concurrency)
         self.consumer = ChangeConsumer(
             redis=redis,
-            keys=keys,
             registry=registry,
             ctx=ctx,
             recomputer=recomputer,
-            group=settings.group,
-            consumer=settings.consumer,
-            batch_size=settings.batch_size,
-            block_ms=settings.block_ms,
-            max_attempts=settings.max_attempts,
-            retry_backoff=settings.retry_backoff,
-            max_deliveries=settings.max_deliveries,
-            reclaim_idle_ms=settings.reclaim_idle_ms,
-            dead_letter_maxlen=settings.dead_letter_maxlen,
+            settings=settings,
+            on_group_lost=lambda: self._request_sweep("recover"),
         )
         self.refresher = RefreshConsumer(
-            redis=redis,
-            keys=keys,
-            registry=registry,
-            store=self.store,
-            recomputer=recomputer,
-            group=settings.group,
-            consumer=settings.consumer,
-            batch_size=settings.batch_size,
-            block_ms=settings.block_ms,
+            redis=redis, registry=registry, store=self.store, recomputer=recomputer, settings=settings
         )
         self.sweeper = Sweeper(
             redis=redis,
-            keys=keys,
             registry=registry,
             ctx=ctx,
             store=self.store,
             # Sweeps get their own, smaller concurrency so they never crowd out change-driven recomputes.
             recomputer=Recomputer(self.store, ctx, concurrency=settings.sweep_concurrency),
-            owner=settings.consumer,
-            rate=settings.sweep_rate,
+            settings=settings,
         )
         self._stop = asyncio.Event()
         self._sweep_now = asyncio.Event()
         self._sweep_reason = "recover"
-        self._own_pending_unknown = True
         self._gap_seen: bytes | None = None
         self._started = time.time()
         self._source_delay = SOURCE_RETRY_FIRST / 2
-        self.batches = 0
+
+    @property
+    def batches(self) -> int:
+        """Batches of changes applied so far."""
+        return self.consumer.batches
 
     def stop(self) -> None:
         """Ask every loop to finish its current step and return (safe to call from a signal handler)."""
         self._stop.set()
+        self._sweep_now.set()  # wakes the sweep loop, which looks at the stop flag first
 
     async def wait_for_redis(self) -> None:
         """Return once Redis answers; raise :class:`RedisConfigError` at once if it refuses us (wrong
         credentials, TLS mismatch): those do not fix themselves, and a clear error beats a silent retry loop."""
-        delay = 0.1
+        delay = REDIS_RETRY_FIRST
         while not self._stop.is_set():
             problem = await check_redis(self._redis)
             if problem is None:
                 return
             logger.warning("Redis at %s is not answering (%s); retrying in %.1fs", where(self._redis), problem, delay)
             await self._sleep(delay)
-            delay = min(delay * 2, 5.0)
+            delay = min(delay * 2, REDIS_RETRY_MAX)
 
     async def start(self, *, warm: bool = True) -> bool:
-        """Connect and make sure the group exists; return whether the cache is empty (e.g. Redis restarted).
+        """Connect and make sure the groups exist; return whether the cache is empty (e.g. Redis restarted).
 
         With ``warm`` an empty cache is filled here, before returning; :meth:`run` instead warms it in the
         sweep loop, so that changes arriving meanwhile are applied at once instead of queueing behind a
         full sweep (the fence keeps the warm-up from overwriting their newer values).
         """
         await self.wait_for_redis()
-        await self.consumer.ensure_group()
-        await self.refresher.ensure_group()
+        await self.consumer.reader.ensure()
+        await self.refresher.reader.ensure()
         empty = await self.store.is_empty()
         if empty and warm:
             await self.sweep("warm")
         return empty
 
     async def sweep(self, reason: str, *, lock: bool = True) -> SweepResult | None:
+        """One repair pass (see :mod:`freshviews.worker.sweep`); None when another subscriber holds the lock."""
         lock_ttl = max(self._settings.sweep_interval, 60.0)
         if lock and not await self.sweeper.try_lock(lock_ttl):
             logger.info("another subscriber is sweeping; skipping this %s sweep", reason)
@@ -140,38 +140,22 @@ class Subscriber:
                 await self.sweeper.unlock()
 
     async def process(self, entries: list[Entry]) -> BatchOutcome:
-        outcome = await self.consumer.process(entries)
-        self.batches += 1
-        return outcome
+        """Apply one batch of changes read from the log and acknowledge it."""
+        return await self.consumer.process(entries)
 
     async def drain(self) -> int:
         """Burst mode: apply everything pending and new, then return the number of changes handled."""
-        handled = 0
-        while batch := await self.consumer.read(pending=True, block=False):
-            handled += (await self.process(batch)).entries
-        while batch := await self._with_backlog(await self.consumer.read(block=False)):
-            handled += (await self.process(batch)).entries
-        return handled
-
-    async def _with_backlog(self, batch: list[Entry]) -> list[Entry]:
-        """Extend a full read with the backlog behind it, so that coalescing spans the whole burst."""
-        while batch and len(batch) % self._settings.batch_size == 0 and len(batch) < MAX_COALESCE:
-            more = await self.consumer.read(block=False)
-            if not more:
-                break
-            batch.extend(more)
-        return batch
+        return await self.consumer.drain()
 
     async def run(self) -> None:
         """Run until :meth:`stop`; a crashed loop cancels the others and re-raises."""
         if await self.start(warm=False):
-            self._sweep_reason = "warm"
-            self._sweep_now.set()
+            self._request_sweep("warm")
         else:
             # Before the consume loop moves the group's position past the hole and hides it.
             await self._check_gap()
-        loops: dict[str, Callable[[], Awaitable[None]]] = {
-            "consume": self._consume_step,
+        loops: dict[str, Callable[[], Awaitable[object]]] = {
+            "consume": self.consumer.step,
             "refresh": self.refresher.step,
             "reclaim": self._reclaim_step,
             "sweep": self._sweep_step,
@@ -195,84 +179,50 @@ class Subscriber:
             with contextlib.suppress(RedisError, OSError):
                 await self._redis.delete(self._keys.heartbeat(self._settings.consumer))
 
-    async def _loop(self, name: str, step: Callable[[], Awaitable[None]]) -> None:
-        delay = 0.1
+    async def _loop(self, name: str, step: Callable[[], Awaitable[object]]) -> None:
+        delay = REDIS_RETRY_FIRST
         while not self._stop.is_set():
             try:
                 await step()
-                delay = 0.1
-            except ResponseError as exc:
-                if "NOGROUP" not in str(exc):
-                    raise
-                # The group is gone: Redis restarted empty (or was flushed). Recreate it and warm the cache.
-                logger.warning("consumer group missing (%s): recreating it and sweeping", exc)
-                await self._recover()
             except (RedisError, OSError) as exc:
                 metrics.REDIS_ERRORS.labels(name).inc()
-                logger.warning("%s loop: Redis error (%s: %s); retrying in %.1fs", name, type(exc).__name__, exc, delay)
+                logger.warning("%s loop: Redis error (%s); retrying in %.1fs", name, describe(exc), delay)
                 await self._sleep(delay)
-                delay = min(delay * 2, 5.0)
-
-    async def _recover(self) -> None:
-        try:
-            await self.consumer.ensure_group()
-        except (RedisError, OSError) as exc:
-            logger.warning("could not recreate the consumer group yet: %s", exc)
-            await self._sleep(0.5)
-        self._sweep_reason = "recover"
-        self._sweep_now.set()
+                delay = min(delay * 2, REDIS_RETRY_MAX)
+            else:
+                delay = REDIS_RETRY_FIRST
 
     async def _sleep(self, seconds: float) -> None:
+        """Wait ``seconds``, or less if :meth:`stop` is called meanwhile."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stop.wait(), timeout=seconds)
+            async with asyncio.timeout(seconds):
+                await self._stop.wait()
 
-    async def _consume_step(self) -> None:
-        # Changes left pending on this consumer (a batch that raised, or this consumer's previous life under
-        # the same name) are retried here, in the one task that reads new ones: a batch between its read and
-        # its acknowledgement is pending too, and no other loop can tell it from a leftover.
-        if self._own_pending_unknown:
-            while own := await self.consumer.read(pending=True, block=False):
-                await self.process(own)
-            self._own_pending_unknown = False
-        if batch := await self._with_backlog(await self.consumer.read(block=True)):
-            self._own_pending_unknown = True  # until process() returns, i.e. the batch is acknowledged
-            await self.process(batch)
-            self._own_pending_unknown = False
+    def _request_sweep(self, reason: str) -> None:
+        self._sweep_reason = reason
+        self._sweep_now.set()
 
     async def _reclaim_step(self) -> None:
         while reclaimed := await self.consumer.reclaim():
             await self.process(reclaimed)
-        for group in await self._redis.xinfo_groups(self._keys.changes):
-            if group["name"] in (self.consumer.group, self.consumer.group.encode()):
-                metrics.PENDING.set(group["pending"])
-                if group.get("lag") is not None:  # Redis >= 7 only
-                    metrics.STREAM_LAG.set(group["lag"])
+        await self.consumer.update_gauges()
         await self._check_gap()
         await self._sleep(self._settings.reclaim_interval)
 
     async def _check_gap(self) -> None:
-        gap = await self.consumer.trimmed_gap(reported=self._gap_seen)
+        gap = await self.consumer.reader.trimmed_gap(reported=self._gap_seen)
         if gap is None:
             return
         self._gap_seen = gap
         metrics.LOG_GAPS.inc()
         logger.warning("the change log was trimmed past changes never read (oldest kept: %s): sweeping", gap.decode())
-        self._sweep_reason = "gap"
-        self._sweep_now.set()
-
-    async def _wait_for(self, event: asyncio.Event, seconds: float | None) -> None:
-        """Return when ``event`` is set, :meth:`stop` is called, or ``seconds`` pass, whichever is first."""
-        waiters = {asyncio.create_task(event.wait()), asyncio.create_task(self._stop.wait())}
-        try:
-            await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for waiter in waiters:
-                waiter.cancel()
-            await asyncio.gather(*waiters, return_exceptions=True)
+        self._request_sweep("gap")
 
     async def _sweep_step(self) -> None:
         interval = self._settings.sweep_interval
-        await self._wait_for(self._sweep_now, interval if interval > 0 else None)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(interval if interval > 0 else None):
+                await self._sweep_now.wait()
         if self._stop.is_set():
             return
         reason = self._sweep_reason if self._sweep_now.is_set() else "timer"
@@ -280,6 +230,7 @@ class Subscriber:
         try:
             await self.sweep(reason)
         except RedisError:
+            self._request_sweep(reason)  # still owed: swept once the loop's backoff lets Redis come back
             raise
         except Exception as exc:
             # The source is not ready (tables not created yet, the database down): weather, like Redis down.
@@ -287,8 +238,7 @@ class Subscriber:
             logger.warning(
                 "%s sweep: the views' source failed (%s); retrying in %.1fs", reason, describe(exc), self._source_delay
             )
-            self._sweep_reason = reason
-            self._sweep_now.set()
+            self._request_sweep(reason)
             await self._sleep(self._source_delay)
         else:
             self._source_delay = SOURCE_RETRY_FIRST / 2

@@ -14,18 +14,21 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Generic, TypeVar
 
 from redis.asyncio import Redis
 from redis.typing import EncodableT, FieldT
 
-from freshviews.core.keys import TOMBSTONE, Keys
+from freshviews.core.keys import TOMBSTONE
 from freshviews.core.views import InvalidKeyError, Registry, UnknownViewError, ViewKey
 from freshviews.worker import metrics
 from freshviews.worker.recompute import Recomputer
+from freshviews.worker.settings import SubscriberSettings
 from freshviews.worker.store import CacheStore, WriteOutcome
 
 logger = logging.getLogger(__name__)
+
+Ctx = TypeVar("Ctx")
 
 #: Failed keys a sweep names in its log line and its record; the count covers the rest.
 MAX_NAMED_FAILURES = 5
@@ -69,30 +72,31 @@ def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
         yield items[start : start + size]
 
 
-class Sweeper:
+class Sweeper(Generic[Ctx]):
+    """The repair pass of one subscriber (``settings.consumer`` holds the lock while it sweeps), at most
+    ``settings.sweep_rate`` keys per second, ``chunk`` keys per round of recomputes."""
+
     def __init__(
         self,
         *,
         redis: Redis,
-        keys: Keys,
-        registry: Registry[Any],
-        ctx: Any,
+        registry: Registry[Ctx],
+        ctx: Ctx,
         store: CacheStore,
-        recomputer: Recomputer,
-        owner: str,
-        rate: float = 1000.0,
+        recomputer: Recomputer[Ctx],
+        settings: SubscriberSettings,
         chunk: int = 100,
     ) -> None:
-        if rate <= 0 or chunk < 1:
-            raise ValueError("rate must be > 0 and chunk >= 1")
+        if chunk < 1:
+            raise ValueError("chunk must be >= 1")
         self._redis = redis
-        self._keys = keys
+        self._keys = settings.keys
         self._registry = registry
         self._ctx = ctx
         self._store = store
         self._recomputer = recomputer
-        self._owner = owner
-        self._rate = rate
+        self._owner = settings.consumer
+        self._rate = settings.sweep_rate
         self._chunk = chunk
         self._release = redis.register_script(_RELEASE_LUA)
 
