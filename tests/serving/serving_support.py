@@ -21,7 +21,7 @@ from redis.asyncio import Redis
 from freshviews.core.connections import create_redis
 from freshviews.core.keys import Keys
 from freshviews.core.views import Registry
-from freshviews.serving.listen import listening_socket
+from freshviews.serving.listen import listening_socket, log_config
 from freshviews.serving.routes import cache_router
 from freshviews.serving.runtime import Serving, ServingSettings
 from freshviews.worker.service import Subscriber
@@ -76,8 +76,18 @@ async def live_server(app: FastAPI, settings: ServingSettings | None = None) -> 
     """Serve ``app`` with uvicorn on a free port in this event loop, on the socket ``python -m app serve`` would
     make for ``settings`` (default: the defaults); yield its base URL."""
     port = free_port()
+    # uvicorn's logging as `freshviews serve` sets it up (the filter of dropped streams included), except the
+    # root logger, where pytest's log capture listens.
+    logging_config = log_config("warning")
+    del logging_config["root"]
     config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", timeout_graceful_shutdown=2
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        log_config=logging_config,
+        lifespan="on",
+        timeout_graceful_shutdown=2,
     )
     sock = listening_socket(config, settings or ServingSettings())
     server = _Server(config)
