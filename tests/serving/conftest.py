@@ -16,7 +16,7 @@ from serving_support import FAST, OpenClient, StartSubscriber, build_app
 from serving_views import World, registry, seeded_world
 
 from freshviews.core.keys import Keys
-from freshviews.serving.runtime import ServingSettings
+from freshviews.serving import ServingSettings
 from freshviews.worker.service import Subscriber
 from freshviews.worker.settings import SubscriberSettings
 

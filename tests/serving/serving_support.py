@@ -21,9 +21,8 @@ from redis.asyncio import Redis
 from freshviews.core.connections import create_redis
 from freshviews.core.keys import Keys
 from freshviews.core.views import Registry
+from freshviews.serving import FastReads, Serving, ServingSettings, cache_router
 from freshviews.serving.listen import listening_socket, log_config
-from freshviews.serving.routes import cache_router
-from freshviews.serving.runtime import Serving, ServingSettings
 from freshviews.worker.service import Subscriber
 from freshviews.worker.store import CacheStore, PendingWrite
 
@@ -42,9 +41,15 @@ def serving_of(app: FastAPI) -> Serving:
 
 
 def build_app(
-    registry: Registry[Any], redis_url: str, settings: ServingSettings, *, redis_timeout: float = 2.0
+    registry: Registry[Any],
+    redis_url: str,
+    settings: ServingSettings,
+    *,
+    redis_timeout: float = 2.0,
+    fast_path: bool = True,
 ) -> FastAPI:
-    """A minimal user app: clients and Serving built in the lifespan, the cache router mounted.
+    """A minimal user app: clients and Serving built in the lifespan, the cache router and the fast path mounted
+    (with ``fast_path=False``, the routes alone: no middleware answering before them).
 
     The Serving is also left on ``app.state.serving`` so tests can look at the hub and the counters.
     """
@@ -61,6 +66,8 @@ def build_app(
 
     app = FastAPI(lifespan=lifespan)
     app.include_router(cache_router(registry))
+    if fast_path:
+        app.add_middleware(FastReads, registry=registry)
     return app
 
 

@@ -69,13 +69,18 @@ async def test_a_batch_costs_one_round_trip(
     try:
         client, _ = await open_client(url=url)
         wanted = [f"item/{i}" for i in range(1, 41)]
-        for key in wanted:
+        for key in [*wanted, "item/100"]:
             await put(redis, keys, key, {"k": key})
-        await client.get("/cache", params=[("key", k) for k in wanted])  # the app's connection is open now
+        await client.get("/cache", params={"key": "item/100"})  # the app's connection is open now
         before = proxy.client_writes
         response = await client.get("/cache", params=[("key", k) for k in wanted])
         assert response.status_code == 200
+        assert {item["status"] for item in response.json()["items"].values()} == {200}
         assert len(response.json()["items"]) == 40
         assert proxy.client_writes - before == 1
+        # Read again, the values come from memory: no read of Redis at all.
+        await redis.config_resetstat()
+        assert (await client.get("/cache", params=[("key", k) for k in wanted])).json() == response.json()
+        assert "cmdstat_hmget" not in await redis.info("commandstats")
     finally:
         await proxy.close()

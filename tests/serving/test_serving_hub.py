@@ -12,7 +12,8 @@ from redis.asyncio import Redis
 from serving_support import put
 
 from freshviews.core.keys import Keys
-from freshviews.serving.hub import Mailbox, Snapshot, UpdateHub
+from freshviews.serving.hub import Mailbox, UpdateHub
+from freshviews.serving.snapshots import Snapshot
 
 
 @contextlib.asynccontextmanager

@@ -8,8 +8,8 @@ import socket
 import uvicorn
 from helpers import free_port
 
+from freshviews.serving import ServingSettings
 from freshviews.serving.listen import listening_socket
-from freshviews.serving.runtime import ServingSettings
 
 
 def _accepted(settings: ServingSettings) -> tuple[socket.socket, socket.socket, socket.socket]:

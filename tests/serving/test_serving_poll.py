@@ -10,7 +10,7 @@ from serving_views import registry
 
 from freshviews.core.keys import Keys
 from freshviews.core.views import Int, Registry, View
-from freshviews.serving.routes import cache_router
+from freshviews.serving import cache_router
 
 # Valid JSON, but not what any encoder in this process would produce: spacing, key order, an escape.
 ODD_BYTES = b'{ "z" : 1,\t"a":"caf\\u00e9",  "n": [1.50, 2e3] }'

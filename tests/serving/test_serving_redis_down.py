@@ -109,7 +109,7 @@ async def test_healthz_shows_a_dead_update_subscription_and_its_return(
 
 async def _memory_off(app: FastAPI) -> None:
     started = time.monotonic()
-    await wait_until(lambda: not serving_of(app).near.enabled, 3, message="memory still trusted after Redis went")
+    await wait_until(lambda: not serving_of(app).memory.trusted, 3, message="memory still trusted after Redis went")
     assert time.monotonic() - started < 2.5
 
 

@@ -8,7 +8,7 @@ from redis.asyncio import Redis
 
 from freshviews.core.keys import Keys
 from freshviews.scoreboard.settings import AppSettings
-from freshviews.serving.runtime import Serving, ServingSettings
+from freshviews.serving import Serving, ServingSettings
 
 
 def test_the_app_settings_carry_the_read_side_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

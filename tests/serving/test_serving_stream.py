@@ -21,8 +21,7 @@ from serving_views import registry
 
 from freshviews.core.embedded import EmbeddedRedis
 from freshviews.core.keys import Keys
-from freshviews.serving.hub import Snapshot
-from freshviews.serving.runtime import Serving, ServingSettings
+from freshviews.serving import Serving, ServingSettings, Snapshot
 from freshviews.serving.stream import RecentEvents, encode_event
 
 ODD_BYTES = b'{ "z" : 1, "a":"caf\\u00e9 \xc3\xa9" }'

@@ -1,13 +1,13 @@
 """An ASGI middleware that answers ``GET /cache/{key}`` from process memory before any routing happens.
 
-For a hot key the value is already in this process (:mod:`app.nearcache`, kept current by the update
-subscription), so what is left of a request is the framework: route matching over every route of the app,
-parameter validation, response objects. This middleware skips all of it for the one case that dominates a
-polled backend (a plain GET of a cached key, no query string) and answers exactly what the route would: the
-same bytes, ETag, Cache-Control and 304. Anything else (a miss, a bad key, ``min_version``, other paths)
-goes on to the app unchanged, so the routes stay the one definition of behaviour.
+For a hot key the value is already in this process (memory.py, kept current by the update subscription), so
+what is left of a request is the framework: route matching over every route of the app, parameter
+validation. This middleware skips all of it for the one case that dominates a polled backend (a plain GET of
+a key held in memory, no query string): it sends what :meth:`Serving.answer
+<freshviews.serving.Serving.answer>` builds from memory, which is the route's own answer. Anything else (a
+key not in memory, a bad key, ``min_version``, other paths) goes on to the app unchanged.
 
-Mount it after the app has a :class:`~app.serving.Serving` in its lifespan state::
+Mount it after the app has a :class:`~freshviews.serving.Serving` in its lifespan state::
 
     app.add_middleware(FastReads, registry=registry, prefix="/cache")
 """
@@ -20,13 +20,14 @@ from prometheus_client import Counter
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from freshviews.core.views import InvalidKeyError, Registry, UnknownViewError
-from freshviews.serving.routes import RESERVED_NAMES, cache_control_of, etag_matches, etag_of
 from freshviews.serving.runtime import Serving
 
 FAST_READS = Counter("freshviews_fast_reads_total", "Cache reads answered from memory before routing", ["status"])
 
 
 class FastReads:
+    """Answers ``GET <prefix>/<key>`` of keys held in memory before routing."""
+
     def __init__(self, app: ASGIApp, *, registry: Registry[Any], prefix: str = "/cache") -> None:
         self._app = app
         self._registry = registry
@@ -35,34 +36,28 @@ class FastReads:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "GET" and not scope["query_string"]:
             path: str = scope["path"]
-            if path.startswith(self._prefix) and await self._answered(scope, path, send):
+            if path.startswith(self._prefix) and await self._answered(scope, receive, path, send):
                 return
         await self._app(scope, receive, send)
 
-    async def _answered(self, scope: Scope, path: str, send: Send) -> bool:
+    async def _answered(self, scope: Scope, receive: Receive, path: str, send: Send) -> bool:
         serving = scope.get("state", {}).get("serving")
         if not isinstance(serving, Serving):
-            return False
-        text = path[len(self._prefix) :]  # ASGI paths arrive percent-decoded already
-        if text.split("/", 1)[0] in RESERVED_NAMES:
-            return False
+            return False  # the route answers why
         try:
-            parsed = self._registry.parse(text)
+            # ASGI paths arrive percent-decoded already. The route's own paths (/stream, /views) are no view's
+            # name (cache_router refuses such views), so they fall through here.
+            parsed = self._registry.parse(path[len(self._prefix) :])
         except (UnknownViewError, InvalidKeyError):
             return False  # the route gives the 404/422 with its reason
-        snapshot = serving.near.get(parsed.key, count_miss=False)  # the route counts the miss it then serves
-        if snapshot is None or snapshot.data is None:
-            return False
-        etag = etag_of(snapshot.version).encode()
-        headers = [(b"etag", etag), (b"cache-control", cache_control_of(parsed.view).encode())]
         if_none_match = next((v for k, v in scope["headers"] if k == b"if-none-match"), None)
-        if if_none_match is not None and etag_matches(if_none_match.decode("latin-1"), etag.decode()):
-            await send({"type": "http.response.start", "status": 304, "headers": headers})
-            await send({"type": "http.response.body", "body": b""})
-            FAST_READS.labels("304").inc()
-            return True
-        headers += [(b"content-type", b"application/json"), (b"content-length", str(len(snapshot.data)).encode())]
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await send({"type": "http.response.body", "body": snapshot.data})
-        FAST_READS.labels("200").inc()
+        response = await serving.answer(
+            parsed,
+            if_none_match=None if if_none_match is None else if_none_match.decode("latin-1"),
+            memory_only=True,
+        )
+        if response is None:
+            return False
+        await response(scope, receive, send)
+        FAST_READS.labels(str(response.status_code)).inc()
         return True

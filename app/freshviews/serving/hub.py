@@ -8,7 +8,12 @@ is bounded by the number of keys it watches, whatever the update rate.
 
 Pub/sub is not durable: notifications sent while the subscription is down are lost. So every (re)subscription
 is followed by a resync that reads the current value of every watched key and delivers it as an update;
-readers drop versions they already have. The subscription's state is reported by :meth:`UpdateHub.health`.
+readers drop versions they already have.
+
+The hub is the one judge of whether announcements are being heard: :attr:`UpdateHub.live` (subscribed, and
+Redis answered on the subscription within :data:`LIVE_WINDOW`; a quiet channel is pinged twice per window).
+A :class:`Listener` (the process's memory, memory.py) is told of every announcement and of every change of
+subscription. :meth:`UpdateHub.health` says why the subscription is down.
 """
 
 from __future__ import annotations
@@ -16,27 +21,27 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from prometheus_client import Counter
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
-from freshviews.core.keys import DATA, DIGEST, FENCE, TOMBSTONE, VERSION, Keys
-
-if TYPE_CHECKING:
-    from freshviews.serving.memory import NearCache
+from freshviews.core.keys import Keys
+from freshviews.serving.snapshots import Snapshot, read_snapshots
 
 logger = logging.getLogger(__name__)
 
+#: The subscription is live while Redis answered on it within this many seconds: a link that silently died
+#: stops counting as live within that time.
+LIVE_WINDOW = 1.0
+#: Seconds between pings on a quiet subscription: twice per window, so a quiet healthy link stays live.
+PING_EVERY = LIVE_WINDOW / 2
 #: Notifications handled in one go: their keys are read back in one pipeline.
 MAX_NOTIFICATIONS_PER_READ = 1000
-#: Seconds between pings on a quiet subscription: a link that stops answering is noticed within a few of them.
-PING_EVERY = 0.5
 #: Keys per pipeline when reading back values (a resync may cover every key watched in the process).
 READ_CHUNK = 500
 
@@ -44,46 +49,17 @@ HUB_RECONNECTS = Counter("freshviews_serving_hub_reconnects_total", "Times the u
 HUB_ERRORS = Counter("freshviews_serving_hub_errors_total", "Times the update subscription failed", ["kind"])
 
 
-@dataclass(frozen=True, slots=True)
-class Snapshot:
-    """One cached view as stored: ``data`` is the stored JSON bytes, None for a deleted view (tombstone).
+class Listener(Protocol):
+    """What the hub tells about the subscription, as it happens (called in the hub's task, never awaited)."""
 
-    ``fence`` is the ticket of the newest recompute applied to the key (at least ``version``: a recompute that
-    found the value unchanged moves the fence, not the version).
-    """
+    def announced(self, view_key: str, version: int) -> None:
+        """A write of ``view_key`` at ``version`` was notified."""
 
-    key: str
-    version: int
-    data: bytes | None
-    fence: int
+    def subscribed(self) -> None:
+        """The subscription is (re)made: notifications sent before it may have been lost."""
 
-    @property
-    def deleted(self) -> bool:
-        return self.data is None
-
-
-def _snapshot(key: str, reply: Sequence[bytes | None]) -> Snapshot | None:
-    data, version, digest, fence = reply
-    if version is None:
-        return None
-    version_int = int(version)
-    fence_int = max(int(fence or 0), version_int)
-    if digest == TOMBSTONE:
-        return Snapshot(key, version_int, None, fence_int)
-    if data is None:
-        return None
-    return Snapshot(key, version_int, data, fence_int)
-
-
-async def read_snapshots(redis: Redis, keys: Keys, view_keys: Sequence[str]) -> list[Snapshot | None]:
-    """The current snapshot of each key (None: not cached), in one round trip whatever the count."""
-    if not view_keys:
-        return []
-    async with redis.pipeline(transaction=False) as pipe:
-        for key in view_keys:
-            pipe.hmget(keys.value(key), [DATA, VERSION, DIGEST, FENCE])
-        replies = await pipe.execute()
-    return [_snapshot(key, reply) for key, reply in zip(view_keys, replies, strict=True)]
+    def lost(self) -> None:
+        """The subscription is down: notifications are not heard until :meth:`subscribed`."""
 
 
 class Mailbox:
@@ -121,12 +97,10 @@ class UpdateHub:
         *,
         read_timeout: float,
         backoff_max: float = 5.0,
-        near: NearCache | None = None,
     ) -> None:
         if read_timeout <= 0 or backoff_max <= 0:
             raise ValueError("read_timeout and backoff_max must be > 0")
-        #: The process's copies of values, told of every announced version and of the subscription's state.
-        self._near = near
+        self._listeners: list[Listener] = []
         self._redis = redis
         self._keys = keys
         self._read_timeout = read_timeout
@@ -139,6 +113,10 @@ class UpdateHub:
         self._down_since: float | None = time.monotonic()
         self._last_error = "not connected yet"
         self._subscriptions = 0
+
+    def add_listener(self, listener: Listener) -> None:
+        """Tell ``listener`` of every announcement and change of subscription from now on."""
+        self._listeners.append(listener)
 
     # -- watching ------------------------------------------------------------------------------------------
 
@@ -189,6 +167,11 @@ class UpdateHub:
     def connected(self) -> bool:
         return self._connected.is_set()
 
+    @property
+    def live(self) -> bool:
+        """Whether announcements are being heard now: subscribed, and Redis answered within LIVE_WINDOW."""
+        return self._connected.is_set() and time.monotonic() - self._heard < LIVE_WINDOW
+
     def health(self) -> str:
         """``ok``, or why the subscription is down and for how long (for /healthz)."""
         if self._connected.is_set() or self._down_since is None:
@@ -209,8 +192,8 @@ class UpdateHub:
             self._down_since = time.monotonic()
         self._connected.clear()
         self._last_error = reason
-        if self._near is not None:
-            self._near.disconnected()
+        for listener in self._listeners:
+            listener.lost()
 
     # -- the subscription ----------------------------------------------------------------------------------
 
@@ -268,10 +251,6 @@ class UpdateHub:
             self._mark_down("resubscribing")
             await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves PubSub.aclose unannotated
 
-    def heard_within(self, seconds: float) -> bool:
-        """Whether the subscription is up and Redis answered on it within ``seconds`` (pings count)."""
-        return self._connected.is_set() and time.monotonic() - self._heard < seconds
-
     async def _handle(self, messages: list[dict[str, Any]]) -> None:
         notified: set[str] = set()
         resync = False
@@ -280,18 +259,19 @@ class UpdateHub:
                 # Also seen when redis-py reconnects and resubscribes by itself: anything published meanwhile
                 # was lost, so every watched key is read again.
                 resync = True
-                if self._near is not None:
-                    self._near.connected()
                 self._connected.set()
                 self._down_since = None
                 self._subscriptions += 1
                 HUB_RECONNECTS.inc()
+                for listener in self._listeners:
+                    listener.subscribed()
             elif message["type"] == "message":
                 version, _, raw_key = bytes(message["data"]).partition(b" ")
                 key = raw_key.decode(errors="replace")
                 notified.add(key)
-                if self._near is not None and version.isdigit():
-                    self._near.announced(key, int(version))
+                if version.isdigit():
+                    for listener in self._listeners:
+                        listener.announced(key, int(version))
         wanted = set(self._watchers) if resync else notified & self._watchers.keys()
         await self._deliver(sorted(wanted))
 

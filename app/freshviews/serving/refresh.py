@@ -1,36 +1,26 @@
-"""Reads of keys the cache cannot answer yet: a miss, or a version older than the reader's own write.
+"""The miss path: a valid key that is not cached is asked of the subscribers, never computed here.
 
-A miss on a valid key (a cold start, Redis restarted empty) never computes the view here: readers never
-trigger backend work directly. Instead one refresh request per key goes to the subscribers (``<p>:refresh``,
-see subscriber/refresh.py) and the reader waits briefly for the update notification. The request is
-single-flight per process: however many readers miss a key at once, one task sends one request and they all
-share its answer.
-
-``min_version=V`` (read-your-writes) waits until the key's *fence* reaches V: the fence is the ticket of the
-newest recompute applied, so it also moves when a recompute found the value unchanged (the stored version,
-and the update notification, only move when the value changed).
+A miss (a cold start, Redis restarted empty) sends one refresh request per key to the subscribers
+(``<p>:refresh``, see freshviews/worker/refresh.py), and the reader waits briefly for the update notification.
+Requests are single flight per process (flights.py): however many readers miss a key at once, one request is
+sent and they all share its answer; the keys one read misses together go in one pipeline and are waited for
+together.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 
 from prometheus_client import Counter
 from redis.asyncio import Redis
 
 from freshviews.core.keys import REFRESH_KEY, Keys
-from freshviews.serving.hub import Snapshot, UpdateHub, read_snapshots
-
-logger = logging.getLogger(__name__)
-
-#: How often ``min_version`` re-reads the fence while waiting: a recompute that leaves the value unchanged
-#: moves the fence without a notification, so waiting on notifications alone could miss it.
-FENCE_POLL_SECONDS = 0.05
+from freshviews.serving.flights import Flight, Flights
+from freshviews.serving.hub import UpdateHub
+from freshviews.serving.snapshots import Read, Snapshot
 
 REFRESH_REQUESTS_SENT = Counter(
     "freshviews_serving_refresh_requests_total", "Refresh requests sent to the subscribers after a miss"
@@ -41,16 +31,8 @@ class TooManyMissesError(RuntimeError):
     """The process is already waiting on ``max_pending`` distinct keys; the reader gets 503."""
 
 
-class VersionNotReachedError(RuntimeError):
-    """``min_version`` was not reached in time; ``current`` is what the cache holds."""
-
-    def __init__(self, current: Snapshot, wanted: int) -> None:
-        super().__init__(f"the cache holds version {current.fence} of {current.key!r}, not yet {wanted}")
-        self.current = current
-
-
 class Refresher:
-    """Single-flight refresh requests and bounded waits for a key to appear or reach a version."""
+    """Single-flight refresh requests for keys not cached, and the bounded wait for their values."""
 
     def __init__(
         self,
@@ -58,100 +40,67 @@ class Refresher:
         keys: Keys,
         hub: UpdateHub,
         *,
+        read: Read,
+        deadline: Callable[[], AbstractAsyncContextManager[None]],
         miss_wait: float,
-        version_wait: float,
         max_pending: int,
         maxlen: int,
-        deadline: Callable[[], AbstractAsyncContextManager[None]],
     ) -> None:
+        """``read`` looks the keys up once more when no notification came; ``deadline()`` bounds the requests
+        and turns their failures into CacheUnavailableError (both Serving's)."""
         if max_pending < 1:
             raise ValueError("max_pending must be >= 1")
         self._redis = redis
         self._keys = keys
         self._hub = hub
+        self._read = read
+        self._deadline = deadline
         self._miss_wait = miss_wait
-        self._version_wait = version_wait
         self._max_pending = max_pending
         self._maxlen = maxlen
-        #: Wraps every Redis call: bounded in time, failures become CacheUnavailableError.
-        self._deadline = deadline
-        self._inflight: dict[str, asyncio.Task[Snapshot | None]] = {}
+        self._requests: Flights[Snapshot | None] = Flights(self._refresh, name="freshviews-refresh")
 
     @property
     def pending(self) -> int:
-        return len(self._inflight)
+        """Keys being refreshed now."""
+        return len(self._requests)
 
-    async def fetch(self, view_key: str) -> Snapshot | None:
-        """Ask the subscribers for ``view_key`` (once per process at a time); its snapshot, or None if it did not
-        arrive within ``miss_wait``. Raises TooManyMissesError, or CacheUnavailableError when Redis fails."""
-        # Shielded: a reader that goes away must not cancel the request the other readers share.
-        return await asyncio.shield(self._start(view_key))
+    async def fetch(self, view_keys: Sequence[str]) -> list[Snapshot | None]:
+        """Ask the subscribers for ``view_keys`` (once per process at a time); each key's snapshot, or None if it
+        did not arrive within ``miss_wait``. Raises TooManyMissesError (and asks nothing) when the keys not
+        asked for yet do not fit under ``max_pending``, CacheUnavailableError when Redis fails."""
+        return [await flight.wait() for flight in self._start(view_keys)]
 
-    def request(self, view_key: str) -> None:
-        """Ask for ``view_key`` without waiting (a stream wants it, its update will come by the hub)."""
+    def request(self, view_keys: Sequence[str]) -> None:
+        """Ask for ``view_keys`` without waiting (a stream wants them: their updates come by the hub)."""
         with contextlib.suppress(TooManyMissesError):
-            self._start(view_key)
-
-    def _start(self, view_key: str) -> asyncio.Task[Snapshot | None]:
-        task = self._inflight.get(view_key)
-        if task is None:
-            if len(self._inflight) >= self._max_pending:
-                raise TooManyMissesError(f"{len(self._inflight)} keys are being refreshed already")
-            task = asyncio.create_task(self._refresh(view_key), name=f"freshviews-refresh:{view_key}")
-            self._inflight[view_key] = task
-            task.add_done_callback(functools.partial(self._done, view_key))
-        return task
-
-    def _done(self, view_key: str, task: asyncio.Task[Snapshot | None]) -> None:
-        if self._inflight.get(view_key) is task:
-            del self._inflight[view_key]
-        if not task.cancelled() and task.exception() is not None:
-            # Retrieved here because every reader may have gone; the readers still waiting got it themselves.
-            logger.debug("refresh of %r failed: %r", view_key, task.exception())
-
-    async def _refresh(self, view_key: str) -> Snapshot | None:
-        with self._hub.watch([view_key]) as box:
-            async with self._deadline():
-                await self._redis.xadd(
-                    self._keys.refresh, {REFRESH_KEY: view_key}, maxlen=self._maxlen, approximate=True
-                )
-            REFRESH_REQUESTS_SENT.inc()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._miss_wait):
-                    while True:
-                        for snapshot in await box.take():
-                            return snapshot
-        # No notification: the hub may be resubscribing, or the value landed before we watched. Look once more.
-        async with self._deadline():
-            return (await read_snapshots(self._redis, self._keys, [view_key]))[0]
-
-    async def wait_for_version(self, view_key: str, min_version: int) -> Snapshot | None:
-        """The snapshot once the key's fence reaches ``min_version``; None if the key is not cached at all.
-
-        Raises VersionNotReachedError after ``version_wait`` seconds, CacheUnavailableError when Redis fails.
-        """
-        loop = asyncio.get_running_loop()
-        give_up = loop.time() + self._version_wait
-        with self._hub.watch([view_key]) as box:
-            while True:
-                async with self._deadline():
-                    snapshot = (await read_snapshots(self._redis, self._keys, [view_key]))[0]
-                if snapshot is None:
-                    snapshot = await self.fetch(view_key)
-                    if snapshot is None:
-                        return None
-                if snapshot.fence >= min_version:
-                    return snapshot
-                remaining = give_up - loop.time()
-                if remaining <= 0:
-                    raise VersionNotReachedError(snapshot, min_version)
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(min(remaining, FENCE_POLL_SECONDS)):
-                        await box.take()
+            self._start(view_keys)
 
     async def aclose(self) -> None:
         """Cancel the refreshes in flight (at shutdown)."""
-        tasks = list(self._inflight.values())
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._requests.aclose()
+
+    def _start(self, view_keys: Sequence[str]) -> list[Flight[Snapshot | None]]:
+        new = [key for key in dict.fromkeys(view_keys) if key not in self._requests]
+        if len(self._requests) + len(new) > self._max_pending:
+            raise TooManyMissesError(f"{len(self._requests)} keys are being refreshed already")
+        return self._requests.start(view_keys)
+
+    async def _refresh(self, view_keys: list[str]) -> list[Snapshot | None]:
+        found: dict[str, Snapshot | None] = {}
+        # Watch before asking, so that an answer landing right after the request is not missed.
+        with self._hub.watch(view_keys) as box:
+            async with self._deadline(), self._redis.pipeline(transaction=False) as pipe:
+                for key in view_keys:
+                    pipe.xadd(self._keys.refresh, {REFRESH_KEY: key}, maxlen=self._maxlen, approximate=True)
+                await pipe.execute()
+            REFRESH_REQUESTS_SENT.inc(len(view_keys))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._miss_wait):
+                    while len(found) < len(view_keys):
+                        found.update((snapshot.key, snapshot) for snapshot in await box.take())
+        # No notification: the hub may be resubscribing, or the value landed before we watched. Look once more.
+        rest = [key for key in view_keys if key not in found]
+        if rest:
+            found.update(zip(rest, await self._read(rest), strict=True))
+        return [found[key] for key in view_keys]

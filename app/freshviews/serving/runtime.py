@@ -1,7 +1,7 @@
-"""The read side's settings and per-process runtime, shared by the cache routes and the SSE stream.
+"""The read side's per-process runtime, :class:`Serving`: the one path every read of a cached key takes.
 
-A user's app builds one :class:`Serving` in its lifespan from the clients it already has and puts it in the
-app state; the routers of :func:`app.cache_routes.cache_router` find it there::
+A user's app builds one :class:`Serving` in its lifespan from the clients it already has and yields it in the
+lifespan state as ``serving``, where the routes of :func:`freshviews.serving.cache_router` find it::
 
     @asynccontextmanager
     async def lifespan(app):
@@ -10,90 +10,69 @@ app state; the routers of :func:`app.cache_routes.cache_router` find it there::
             yield {"serving": serving}
         await redis.aclose()
 
+    app = FastAPI(lifespan=lifespan)
     app.include_router(cache_router(registry))
+    app.add_middleware(FastReads, registry=registry)
+
+Every read goes through :meth:`Serving.read`: the copy in memory (kept current by the update subscription),
+else one shared Redis read per key however many readers wait on it (memory.py), else the miss path: a
+refresh request and a bounded wait (refresh.py), or for a stream just the request. ``GET /cache/{key}`` adds
+If-None-Match and ``min_version`` on top, in :meth:`Serving.answer`, which the route and the fast path both
+send. Every Redis call is bounded by :meth:`Serving.deadline`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
-from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from types import TracebackType
+from typing import Literal, overload
 
 from fastapi import Request
-from fastapi.responses import JSONResponse
-from prometheus_client import Counter as MetricCounter
-from prometheus_client import Gauge
+from fastapi.responses import Response
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from freshviews.core.keys import Keys
 from freshviews.core.logs import ensure_handler
+from freshviews.core.views import ViewKey
+from freshviews.serving.answers import answer_of, error, etag_matches, etag_of, not_modified
 from freshviews.serving.hub import UpdateHub
-from freshviews.serving.memory import NearCache
-from freshviews.serving.reads import SharedReads
-from freshviews.serving.refresh import Refresher
+from freshviews.serving.memory import Memory
+from freshviews.serving.refresh import Refresher, TooManyMissesError
 from freshviews.serving.settings import ServingSettings
+from freshviews.serving.snapshots import Snapshot, read_snapshots, read_version
+from freshviews.serving.stream import Streams
 
 logger = logging.getLogger(__name__)
 
-#: Memory copies are served only while Redis answered on the update subscription this recently, seconds.
-NEAR_CACHE_TRUST = 1.0
+#: How often ``min_version`` re-reads the fence while waiting: a recompute that leaves the value unchanged
+#: moves the fence without a notification, so waiting on notifications alone could miss it.
+FENCE_POLL_SECONDS = 0.05
 
 
 class CacheUnavailableError(RuntimeError):
     """Redis did not answer in time or refused: the reader gets 503 with Retry-After."""
 
 
-class StreamLimitError(RuntimeError):
-    """No room for another SSE stream: ``status`` is 503 (the process is full) or 429 (this client is)."""
+class VersionNotReachedError(RuntimeError):
+    """``min_version`` was not reached in time; ``current`` is what the cache holds."""
 
-    def __init__(self, status: int, detail: str) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.detail = detail
-
-
-STREAMS_OPEN = Gauge("freshviews_serving_streams_open", "SSE streams open in this process")
-STREAMS_REFUSED = MetricCounter("freshviews_serving_streams_refused_total", "SSE streams refused by a cap", ["status"])
-
-
-class StreamSlots:
-    """Counts open SSE streams, in total and per client address (``request.client.host``: behind a proxy, let
-    uvicorn trust its X-Forwarded-For, with ``FORWARDED_ALLOW_IPS``, so that it is the real client's)."""
-
-    def __init__(self, *, total: int, per_client: int) -> None:
-        self._total = total
-        self._per_client = per_client
-        self._by_client: Counter[str] = Counter()
-        self.open = 0
-
-    def acquire(self, client: str) -> None:
-        if self.open >= self._total:
-            STREAMS_REFUSED.labels("503").inc()
-            raise StreamLimitError(503, f"this server holds its maximum of {self._total} streams")
-        if self._per_client and self._by_client[client] >= self._per_client:
-            STREAMS_REFUSED.labels("429").inc()
-            raise StreamLimitError(429, f"at most {self._per_client} streams per client")
-        self.open += 1
-        self._by_client[client] += 1
-        STREAMS_OPEN.inc()
-
-    def release(self, client: str) -> None:
-        self.open -= 1
-        STREAMS_OPEN.dec()
-        self._by_client[client] -= 1
-        if self._by_client[client] <= 0:
-            del self._by_client[client]
+    def __init__(self, current: Snapshot, wanted: int) -> None:
+        super().__init__(f"the cache holds version {current.fence} of {current.key!r}, not yet {wanted}")
+        self.current = current
 
 
 class Serving:
-    """The read side of one app process: clients, settings, the update hub (a supervised task), the refresher.
+    """The read side of one app process: the update subscription (a supervised task), the copies in memory,
+    the miss path, the streams, and the bounded Redis deadline.
 
-    Use as an async context manager in the lifespan: entering starts the hub and waits (bounded) for its
-    subscription; leaving stops it and cancels refreshes in flight.
+    Use as an async context manager in the lifespan: entering starts the subscription and waits (bounded) for
+    it; leaving stops it and cancels the reads and refreshes in flight.
     """
 
     def __init__(self, *, redis: Redis, keys: Keys, settings: ServingSettings) -> None:
@@ -107,26 +86,21 @@ class Serving:
         self.keys = keys
         self.settings = settings
         self._redis_slots = asyncio.Semaphore(settings.cache_redis_concurrency)
-        self.near = NearCache(settings.cache_memory_keys, live=lambda: self.hub.heard_within(NEAR_CACHE_TRUST))
         self.hub = UpdateHub(
-            redis,
-            keys,
-            read_timeout=max(settings.cache_redis_timeout, 1.0),
-            backoff_max=settings.sse_reconnect_max,
-            near=self.near,
+            redis, keys, read_timeout=max(settings.cache_redis_timeout, 1.0), backoff_max=settings.sse_reconnect_max
         )
+        self.memory = Memory(settings.cache_memory_keys, self.hub, self._read_redis)
         self.refresher = Refresher(
             redis,
             keys,
             self.hub,
+            read=self.memory.read,
+            deadline=self.deadline,
             miss_wait=settings.cache_miss_wait,
-            version_wait=settings.cache_min_version_wait,
             max_pending=settings.cache_miss_max_pending,
             maxlen=settings.cache_refresh_maxlen,
-            deadline=self.deadline,
         )
-        self.reads = SharedReads(redis, keys, self.near, self.deadline)
-        self.streams = StreamSlots(total=settings.sse_max_streams, per_client=settings.sse_max_streams_per_client)
+        self.streams = Streams(self.hub, functools.partial(self.read, wait=False), settings)
         self._hub_task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Serving:
@@ -142,7 +116,7 @@ class Serving:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.refresher.aclose()
-        await self.reads.aclose()
+        await self.memory.aclose()
         if self._hub_task is not None:
             self.hub.stop()
             self._hub_task.cancel()
@@ -160,19 +134,104 @@ class Serving:
         except (RedisError, OSError) as exc:  # TimeoutError is an OSError
             raise CacheUnavailableError(f"cache unavailable: {type(exc).__name__}") from exc
 
+    async def read(self, view_keys: Sequence[str], *, wait: bool = True, copies: bool = True) -> list[Snapshot | None]:
+        """The current snapshot of each key (None: not cached), by the one read path: the copy in memory, else
+        one shared Redis read per key, else the miss path. A key not cached is asked of the subscribers; with
+        ``wait`` the read waits for it up to ``cache_miss_wait``, else it comes by the update subscription.
+        ``copies=False`` skips memory (a copy's fence may lag: see :meth:`read_at_least`).
+
+        Raises CacheUnavailableError when Redis fails or is slow, TooManyMissesError (with ``wait``) when the
+        process already waits on ``cache_miss_max_pending`` keys.
+        """
+        snapshots = await self.memory.read(view_keys, copies=copies)
+        missing = [key for key, snapshot in zip(view_keys, snapshots, strict=True) if snapshot is None]
+        if not missing:
+            return snapshots
+        if not wait:
+            self.refresher.request(missing)
+            return snapshots
+        fetched = dict(zip(missing, await self.refresher.fetch(missing), strict=True))
+        return [fetched.get(key, snapshot) for key, snapshot in zip(view_keys, snapshots, strict=True)]
+
+    async def read_at_least(self, view_key: str, version: int) -> Snapshot | None:
+        """The snapshot once the key's fence reaches ``version`` (read-your-writes); None if not cached at all.
+
+        Raises VersionNotReachedError after ``cache_min_version_wait`` seconds, and what :meth:`read` raises.
+        """
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + self.settings.cache_min_version_wait
+        with self.hub.watch([view_key]) as box:
+            while True:
+                # Past memory: a recompute that left the value unchanged moves the fence unannounced, so a copy
+                # would keep showing the older fence.
+                (snapshot,) = await self.read([view_key], copies=False)
+                if snapshot is None or snapshot.fence >= version:
+                    return snapshot
+                remaining = give_up - loop.time()
+                if remaining <= 0:
+                    raise VersionNotReachedError(snapshot, version)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(min(remaining, FENCE_POLL_SECONDS)):
+                        await box.take()
+
+    @overload
+    async def answer(
+        self, key: ViewKey, *, if_none_match: str | None = ..., min_version: int | None = ...
+    ) -> Response: ...
+
+    @overload
+    async def answer(
+        self, key: ViewKey, *, if_none_match: str | None = ..., memory_only: Literal[True]
+    ) -> Response | None: ...
+
+    async def answer(
+        self,
+        key: ViewKey,
+        *,
+        if_none_match: str | None = None,
+        min_version: int | None = None,
+        memory_only: bool = False,
+    ) -> Response | None:
+        """The answer to ``GET /cache/{key}`` (routes.py), Redis failures included (503 with Retry-After).
+
+        If-None-Match with the current version is a 304: from memory, else after reading only the version.
+        ``memory_only`` (the fast path) gives None unless memory holds the key, leaving the request to the route.
+        """
+        if memory_only and min_version is not None:
+            raise ValueError("min_version needs Redis: it cannot be answered from memory only")
+        retry_after = self.settings.cache_retry_after
+        try:
+            if min_version is not None:
+                snapshot = await self.read_at_least(key.key, min_version)
+            else:
+                # The fast path does not count a miss: the route it hands over to counts the one it then serves.
+                snapshot = self.memory.get(key.key, count_miss=not memory_only)
+                if snapshot is None:
+                    if memory_only:
+                        return None
+                    if if_none_match:
+                        async with self.deadline():
+                            version = await read_version(self.redis, self.keys, key.key)
+                        if version is not None and etag_matches(if_none_match, etag_of(version)):
+                            return not_modified(version, key.view)
+                    (snapshot,) = await self.read([key.key], copies=False)  # memory was just asked
+        except CacheUnavailableError as exc:
+            return error(503, str(exc), retry_after=retry_after)
+        except TooManyMissesError as exc:
+            return error(503, f"{key.key!r} is not cached yet and {exc}", retry_after=retry_after)
+        except VersionNotReachedError as exc:
+            return error(503, str(exc), retry_after=retry_after)
+        return answer_of(key, snapshot, if_none_match, retry_after=retry_after)
+
+    async def _read_redis(self, view_keys: Sequence[str]) -> list[Snapshot | None]:
+        async with self.deadline():
+            return await read_snapshots(self.redis, self.keys, view_keys)
+
 
 def _hub_ended(task: asyncio.Task[None]) -> None:
     # run() ends by cancellation or stop() at shutdown; an exception means no stream of this process gets updates.
     if not task.cancelled() and task.exception() is not None:
         logger.error("the update hub ended: %r", task.exception())
-
-
-def error(serving: Serving, status: int, detail: str, *, retry: bool = False) -> JSONResponse:
-    """A JSON error with its reason; ``retry`` adds Retry-After (and no-store: the next answer may differ)."""
-    headers = None
-    if retry:
-        headers = {"Retry-After": str(serving.settings.cache_retry_after), "Cache-Control": "no-store"}
-    return JSONResponse({"detail": detail}, status_code=status, headers=headers)
 
 
 def get_serving(request: Request) -> Serving:

@@ -25,15 +25,19 @@ whose version is a little below ``L``. Any recompute that lands within ``sse_res
 start is covered; resending a value the client has is harmless. A Last-Event-ID that is not an integer is
 ignored (everything is resent) rather than refused, since a refused EventSource stops reconnecting.
 
-One Redis subscription serves every stream of the process (app/hub.py); each stream has a mailbox keeping the
+One Redis subscription serves every stream of the process (hub.py); each stream has a mailbox keeping the
 latest value per key, so a slow client skips intermediate versions. Initial values come from the process's
-memory where it holds them (app/nearcache.py), so a herd of reconnecting streams costs Redis nothing.
+memory where it holds them, else from one shared Redis read per key (memory.py): a herd of reconnecting
+streams costs Redis little or nothing.
 
 A client that does not read for ``sse_send_timeout`` seconds is dropped (counted in
 ``freshviews_serving_streams_dropped_total``); how soon that is noticed depends on the buffers towards the
-client, which app/listen.py keeps small. Caps: ``sse_max_keys`` keys per stream (400), ``sse_max_streams``
+client, which listen.py keeps small. Caps: ``sse_max_keys`` keys per stream (400), ``sse_max_streams``
 streams per process (503) and optionally ``sse_max_streams_per_client`` per client address (429). Unknown
-keys get 404 and invalid ones 422, before the stream starts.
+keys get 404 and invalid ones 422, before the stream starts (routes.py).
+
+:class:`Streams` is the streams' part of the runtime: the caps, the encodings the streams share, and how a
+stream opens; the route that parses its keys is in routes.py.
 """
 
 from __future__ import annotations
@@ -41,20 +45,20 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextvars import ContextVar
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Header, Query, Request, Response
 from prometheus_client import Counter as MetricCounter
+from prometheus_client import Gauge
 from sse_starlette import EventSourceResponse
 from sse_starlette.sse import SendTimeoutError
 from starlette.types import Receive, Scope, Send
 
-from freshviews.core.views import InvalidKeyError, Registry, UnknownViewError
-from freshviews.serving.hub import Mailbox, Snapshot
-from freshviews.serving.runtime import CacheUnavailableError, StreamLimitError, error, get_serving
+from freshviews.serving.hub import Mailbox, UpdateHub
+from freshviews.serving.settings import ServingSettings
+from freshviews.serving.snapshots import Read, Snapshot
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +66,11 @@ logger = logging.getLogger(__name__)
 #: note about the unfinished response for those (:class:`freshviews.serving.listen.DroppedStreamFilter`).
 STREAM_DROPPED: ContextVar[bool] = ContextVar("freshviews_stream_dropped", default=False)
 
+#: Bytes of encoded events kept for the streams of a process to share (:class:`RecentEvents`).
+RECENT_EVENTS_BYTES = 1 << 20
+
+STREAMS_OPEN = Gauge("freshviews_serving_streams_open", "SSE streams open in this process")
+STREAMS_REFUSED = MetricCounter("freshviews_serving_streams_refused_total", "SSE streams refused by a cap", ["status"])
 STREAMS_DROPPED = MetricCounter(
     "freshviews_serving_streams_dropped_total",
     "SSE streams dropped because the client took nothing for the send timeout",
@@ -69,6 +78,15 @@ STREAMS_DROPPED = MetricCounter(
 
 _EVENT_ID = re.compile(r"0|[1-9][0-9]{0,18}")
 _LINES = re.compile(rb"\r\n|\r|\n")
+
+
+class StreamLimitError(RuntimeError):
+    """No room for another SSE stream: ``status`` is 503 (the process is full) or 429 (this client is)."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
 
 
 def encode_event(snapshot: Snapshot) -> bytes:
@@ -113,9 +131,6 @@ class RecentEvents:
         return encoded
 
 
-_RECENT = RecentEvents(max_bytes=1 << 20)
-
-
 def resume_point(last_event_id: str | None, grace_seconds: float) -> int | None:
     """The highest version a reconnecting client is known to hold for every key, or None (send everything)."""
     if last_event_id is None or not _EVENT_ID.fullmatch(last_event_id.strip()):
@@ -123,19 +138,88 @@ def resume_point(last_event_id: str | None, grace_seconds: float) -> int | None:
     return int(last_event_id.strip()) - int(grace_seconds * 1_000_000)
 
 
-async def events(box: Mailbox, initial: Sequence[Snapshot | None], resume: int | None) -> AsyncIterator[bytes]:
-    """The stream's body: the initial values, then whatever the hub puts in ``box``, each key's versions rising."""
-    sent: dict[str, int] = {}
-    for snapshot in sorted((s for s in initial if s is not None), key=lambda s: s.version):
-        sent[snapshot.key] = snapshot.version
-        if resume is None or snapshot.version > resume:
-            yield _RECENT.encode(snapshot)
-    while True:
-        for snapshot in await box.take():
-            # A resync after a reconnect delivers every key again: only what the client lacks goes out.
-            if snapshot.version > sent.get(snapshot.key, -1):
-                sent[snapshot.key] = snapshot.version
-                yield _RECENT.encode(snapshot)
+class Streams:
+    """The SSE streams of one process: how many are open (in total and per client address), the encodings of
+    recent snapshots they share, and how one opens.
+
+    The client address is ``request.client.host``: behind a proxy, let uvicorn trust its X-Forwarded-For (with
+    ``FORWARDED_ALLOW_IPS``) so that it is the real client's.
+    """
+
+    def __init__(self, hub: UpdateHub, read: Read, settings: ServingSettings) -> None:
+        """``read`` gives the initial values, and asks for those not cached without waiting (Serving's)."""
+        self._hub = hub
+        self._read = read
+        self._settings = settings
+        self._by_client: Counter[str] = Counter()
+        self._recent = RecentEvents(RECENT_EVENTS_BYTES)
+        #: Streams open now.
+        self.open = 0
+
+    async def respond(self, view_keys: Sequence[str], *, client: str, last_event_id: str | None) -> StreamResponse:
+        """The stream of ``view_keys`` (validated, distinct) for ``client``. Raises StreamLimitError when a cap is
+        reached, CacheUnavailableError when the initial values cannot be read; nothing is held then."""
+        self._acquire(client)
+        # Watch before reading the initial values, so that an update landing in between is not lost.
+        box = self._hub.open(view_keys)
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self._hub.close(box)
+                self._release(client)
+
+        try:
+            initial = await self._read(view_keys)
+        except BaseException:
+            release()
+            raise
+        settings = self._settings
+        return StreamResponse(
+            self._events(box, initial, resume_point(last_event_id, settings.sse_resume_grace)),
+            client=client,
+            on_close=release,
+            ping=settings.sse_ping,
+            send_timeout=settings.sse_send_timeout,
+            sep="\n",
+        )
+
+    async def _events(
+        self, box: Mailbox, initial: Sequence[Snapshot | None], resume: int | None
+    ) -> AsyncIterator[bytes]:
+        """The stream's body: the initial values, then whatever the hub puts in ``box``, each key's versions rising."""
+        sent: dict[str, int] = {}
+        for snapshot in sorted((s for s in initial if s is not None), key=lambda s: s.version):
+            sent[snapshot.key] = snapshot.version
+            if resume is None or snapshot.version > resume:
+                yield self._recent.encode(snapshot)
+        while True:
+            for snapshot in await box.take():
+                # A resync after a reconnect delivers every key again: only what the client lacks goes out.
+                if snapshot.version > sent.get(snapshot.key, -1):
+                    sent[snapshot.key] = snapshot.version
+                    yield self._recent.encode(snapshot)
+
+    def _acquire(self, client: str) -> None:
+        total, per_client = self._settings.sse_max_streams, self._settings.sse_max_streams_per_client
+        if self.open >= total:
+            STREAMS_REFUSED.labels("503").inc()
+            raise StreamLimitError(503, f"this server holds its maximum of {total} streams")
+        if per_client and self._by_client[client] >= per_client:
+            STREAMS_REFUSED.labels("429").inc()
+            raise StreamLimitError(429, f"at most {per_client} streams per client")
+        self.open += 1
+        self._by_client[client] += 1
+        STREAMS_OPEN.inc()
+
+    def _release(self, client: str) -> None:
+        self.open -= 1
+        STREAMS_OPEN.dec()
+        self._by_client[client] -= 1
+        if self._by_client[client] <= 0:
+            del self._by_client[client]
 
 
 class StreamResponse(EventSourceResponse):
@@ -162,72 +246,3 @@ class StreamResponse(EventSourceResponse):
             logger.info("dropped the stream of %s: it took nothing for %ss", self._client, self.send_timeout)
         finally:
             self._on_close()
-
-
-def stream_router(registry: Registry[Any]) -> APIRouter:
-    """The ``/stream`` route; :func:`app.cache_routes.cache_router` includes it ahead of the key path."""
-    router = APIRouter()
-
-    @router.get(
-        "/stream",
-        summary="Cached views as Server-Sent Events: current values, then every update",
-        response_class=EventSourceResponse,
-        responses={400: {}, 404: {}, 422: {}, 429: {}, 503: {}},
-    )
-    async def stream(
-        request: Request,
-        key: Annotated[list[str], Query(min_length=1)],
-        # No length limit here: a refused EventSource stops reconnecting, so a strange id is ignored instead.
-        last_event_id: Annotated[str | None, Header()] = None,
-    ) -> Response:
-        serving = get_serving(request)
-        settings = serving.settings
-        if len(key) > settings.sse_max_keys:
-            return error(serving, 400, f"at most {settings.sse_max_keys} keys per stream, got {len(key)}")
-        view_keys: list[str] = []
-        for text in key:
-            try:
-                view_keys.append(registry.parse(text).key)
-            except UnknownViewError as exc:
-                return error(serving, 404, str(exc))
-            except InvalidKeyError as exc:
-                return error(serving, 422, str(exc))
-        view_keys = list(dict.fromkeys(view_keys))
-        client = request.client.host if request.client else "-"
-        try:
-            serving.streams.acquire(client)
-        except StreamLimitError as exc:
-            return error(serving, exc.status, exc.detail, retry=True)
-        # Watch before reading the initial values, so that an update landing in between is not lost.
-        box = serving.hub.open(view_keys)
-        released = False
-
-        def release() -> None:
-            nonlocal released
-            if not released:
-                released = True
-                serving.hub.close(box)
-                serving.streams.release(client)
-
-        try:
-            # From memory where this process holds the keys: a herd of reconnecting streams costs no Redis.
-            initial = await serving.reads.current(view_keys)
-        except CacheUnavailableError as exc:
-            release()
-            return error(serving, 503, str(exc), retry=True)
-        except BaseException:
-            release()
-            raise
-        for view_key, snapshot in zip(view_keys, initial, strict=True):
-            if snapshot is None:
-                serving.refresher.request(view_key)
-        return StreamResponse(
-            events(box, initial, resume_point(last_event_id, settings.sse_resume_grace)),
-            client=client,
-            on_close=release,
-            ping=settings.sse_ping,
-            send_timeout=settings.sse_send_timeout,
-            sep="\n",
-        )
-
-    return router
