@@ -21,7 +21,7 @@ from redis.asyncio import Redis
 from freshviews.core.connections import create_redis
 from freshviews.core.keys import Keys
 from freshviews.core.views import Registry
-from freshviews.serving import FastReads, Serving, ServingSettings, cache_router
+from freshviews.serving import Serving, ServingSettings, cache_router, mount
 from freshviews.serving.listen import listening_socket, log_config
 from freshviews.worker.service import Subscriber
 from freshviews.worker.store import CacheStore, PendingWrite
@@ -48,7 +48,7 @@ def build_app(
     redis_timeout: float = 2.0,
     fast_path: bool = True,
 ) -> FastAPI:
-    """A minimal user app: clients and Serving built in the lifespan, the cache router and the fast path mounted
+    """A minimal user app: clients and Serving built in the lifespan, the read side mounted as a user mounts it
     (with ``fast_path=False``, the routes alone: no middleware answering before them).
 
     The Serving is also left on ``app.state.serving`` so tests can look at the hub and the counters.
@@ -65,9 +65,10 @@ def build_app(
             await redis.aclose()
 
     app = FastAPI(lifespan=lifespan)
-    app.include_router(cache_router(registry))
     if fast_path:
-        app.add_middleware(FastReads, registry=registry)
+        mount(app, registry)
+    else:
+        app.include_router(cache_router(registry))
     return app
 
 

@@ -25,9 +25,7 @@ from freshviews.scoreboard.db import open_database
 from freshviews.scoreboard.seed import ensure_seeded
 from freshviews.scoreboard.settings import AppSettings
 from freshviews.scoreboard.views import registry
-from freshviews.serving.fastpath import FastReads
-from freshviews.serving.routes import cache_router
-from freshviews.serving.runtime import Serving
+from freshviews.serving import Serving, mount
 
 logger = logging.getLogger(__name__)
 
@@ -77,12 +75,11 @@ def create_app(settings: AppSettings | None = None) -> FastAPI:
 
     app = FastAPI(title="freshviews scoreboard", lifespan=lifespan)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
-    # Hot cached keys are answered from process memory before routing (the same answer the route gives).
-    app.add_middleware(FastReads, registry=registry)
     app.add_exception_handler(IntegrityError, _conflict)
     app.add_exception_handler(DBAPIError, _database_unavailable)
     app.include_router(api_router())
-    app.include_router(cache_router(registry))
+    # The cache routes, and hot keys answered from process memory before routing (the same answer the route gives).
+    mount(app, registry)
     app.include_router(dashboard_router())
 
     @app.get("/healthz", tags=["ops"])

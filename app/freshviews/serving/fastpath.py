@@ -1,4 +1,5 @@
-"""An ASGI middleware that answers ``GET /cache/{key}`` from process memory before any routing happens.
+"""The ASGI middleware :func:`~freshviews.serving.mount` adds: hot keys answered before routing, and a start-up
+check of the lifespan.
 
 For a hot key the value is already in this process (memory.py, kept current by the update subscription), so
 what is left of a request is the framework: route matching over every route of the app, parameter
@@ -7,9 +8,9 @@ a key held in memory, no query string): it sends what :meth:`Serving.answer
 <freshviews.serving.Serving.answer>` builds from memory, which is the route's own answer. Anything else (a
 key not in memory, a bad key, ``min_version``, other paths) goes on to the app unchanged.
 
-Mount it after the app has a :class:`~freshviews.serving.Serving` in its lifespan state::
-
-    app.add_middleware(FastReads, registry=registry, prefix="/cache")
+The read routes find the runtime in the lifespan state; an app whose lifespan does not yield it would start
+and then answer 500 to every read. So the middleware also watches the lifespan protocol and turns the app's
+"startup complete" into "startup failed", with the fix, when the state holds no :class:`Serving`.
 """
 
 from __future__ import annotations
@@ -17,16 +18,22 @@ from __future__ import annotations
 from typing import Any
 
 from prometheus_client import Counter
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from freshviews.core.views import InvalidKeyError, Registry, UnknownViewError
 from freshviews.serving.runtime import Serving
 
 FAST_READS = Counter("freshviews_fast_reads_total", "Cache reads answered from memory before routing", ["status"])
 
+#: Why start-up failed, in one line with the fix (uvicorn logs it and exits).
+NO_SERVING = (
+    "freshviews: the lifespan state holds no Serving under 'serving': "
+    "the app's lifespan must `async with Serving(...) as serving: yield {'serving': serving}`"
+)
+
 
 class FastReads:
-    """Answers ``GET <prefix>/<key>`` of keys held in memory before routing."""
+    """Answers ``GET <prefix>/<key>`` of keys held in memory before routing; checks the lifespan at start-up."""
 
     def __init__(self, app: ASGIApp, *, registry: Registry[Any], prefix: str = "/cache") -> None:
         self._app = app
@@ -34,6 +41,9 @@ class FastReads:
         self._prefix = prefix.rstrip("/") + "/"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._app(scope, receive, _checking_startup(scope, send))
+            return
         if scope["type"] == "http" and scope["method"] == "GET" and not scope["query_string"]:
             path: str = scope["path"]
             if path.startswith(self._prefix) and await self._answered(scope, receive, path, send):
@@ -61,3 +71,14 @@ class FastReads:
         await response(scope, receive, send)
         FAST_READS.labels(str(response.status_code)).inc()
         return True
+
+
+def _checking_startup(scope: Scope, send: Send) -> Send:
+    async def send_checked(message: Message) -> None:
+        if message["type"] == "lifespan.startup.complete" and not isinstance(
+            scope.get("state", {}).get("serving"), Serving
+        ):
+            message = {"type": "lifespan.startup.failed", "message": NO_SERVING}
+        await send(message)
+
+    return send_checked

@@ -1,7 +1,8 @@
 """The read side a user mounts in their own FastAPI app: cached views served from memory or Redis.
 
-:func:`cache_router` gives the routes below; the FastReads middleware (fastpath.py) answers hot keys before
-any routing. The lifespan must yield a :class:`~freshviews.serving.Serving` in the app state as ``serving``.
+:func:`mount` is what an app calls: the routes below, and the middleware that answers hot keys before any
+routing and refuses to start without a :class:`~freshviews.serving.Serving` in the lifespan state
+(fastpath.py). :func:`cache_router` is the routes alone.
 
 Routes (under ``prefix``, ``/cache`` by default), in this order so that the fixed paths win over the key path:
 
@@ -24,12 +25,13 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi import APIRouter, FastAPI, Header, Query, Request, Response
 from sse_starlette import EventSourceResponse
 from starlette.convertors import PathConvertor, register_url_convertor
 
 from freshviews.core.views import InvalidKeyError, Registry, UnknownViewError, ViewKey
 from freshviews.serving.answers import batch_of, error, item_error, item_of
+from freshviews.serving.fastpath import FastReads
 from freshviews.serving.refresh import TooManyMissesError
 from freshviews.serving.runtime import CacheUnavailableError, get_serving
 from freshviews.serving.stream import StreamLimitError
@@ -82,9 +84,16 @@ class AnyKeyConvertor(PathConvertor):
     regex = r"[\s\S]*"
 
 
+def mount(app: FastAPI, registry: Registry[Any], *, prefix: str = "/cache") -> None:
+    """Serve ``registry``'s views in ``app`` under ``prefix``: the routes of :func:`cache_router`, and the
+    :class:`~freshviews.serving.fastpath.FastReads` middleware (hot keys answered before routing; start-up
+    fails at once, with the fix, when the lifespan yields no ``{"serving": Serving(...)}``)."""
+    app.include_router(cache_router(registry, prefix=prefix))
+    app.add_middleware(FastReads, registry=registry, prefix=prefix)
+
+
 def cache_router(registry: Registry[Any], *, prefix: str = "/cache") -> APIRouter:
-    """Routes that serve ``registry``'s views. Mount with ``app.include_router(cache_router(r))``, and add
-    :class:`~freshviews.serving.fastpath.FastReads` to answer hot keys before routing."""
+    """The routes that serve ``registry``'s views, without the middleware :func:`mount` adds."""
     register_url_convertor("anykey", AnyKeyConvertor())
     router = APIRouter(prefix=prefix, tags=["cache"])
     clashes = sorted(view.name for view in registry.views if view.name in RESERVED_NAMES)

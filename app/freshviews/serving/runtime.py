@@ -1,7 +1,8 @@
 """The read side's per-process runtime, :class:`Serving`: the one path every read of a cached key takes.
 
 A user's app builds one :class:`Serving` in its lifespan from the clients it already has and yields it in the
-lifespan state as ``serving``, where the routes of :func:`freshviews.serving.cache_router` find it::
+lifespan state as ``serving``; :func:`freshviews.serving.mount` adds the routes that find it there (and refuses
+to start without it)::
 
     @asynccontextmanager
     async def lifespan(app):
@@ -11,8 +12,7 @@ lifespan state as ``serving``, where the routes of :func:`freshviews.serving.cac
         await redis.aclose()
 
     app = FastAPI(lifespan=lifespan)
-    app.include_router(cache_router(registry))
-    app.add_middleware(FastReads, registry=registry)
+    mount(app, registry)
 
 Every read goes through :meth:`Serving.read`: the copy in memory (kept current by the update subscription),
 else one shared Redis read per key however many readers wait on it (memory.py), else the miss path: a
