@@ -53,6 +53,9 @@ logger = logging.getLogger(__name__)
 #: How often ``min_version`` re-reads the fence while waiting: a recompute that leaves the value unchanged
 #: moves the fence without a notification, so waiting on notifications alone could miss it.
 FENCE_POLL_SECONDS = 0.05
+#: What :meth:`Serving.health` reads: keys in hash slots spread over the whole range, so that a Redis Cluster
+#: node (which answers MOVED for the slots it does not own) fails the check, as it fails reads.
+HEALTH_PROBES = tuple(f"freshviews/health/{n}" for n in range(8))
 
 
 class CacheUnavailableError(RuntimeError):
@@ -222,6 +225,20 @@ class Serving:
         except VersionNotReachedError as exc:
             return error(503, str(exc), retry_after=retry_after)
         return answer_of(key, snapshot, if_none_match, retry_after=retry_after)
+
+    async def health(self) -> dict[str, str]:
+        """``{"redis": ..., "updates": ...}``, each ``ok`` or ``error: <why>``: a keyed read through the read
+        deadline (a Redis that answers PING but fails reads, such as a Cluster node answering MOVED, fails it),
+        and the state of the update subscription."""
+        redis = "ok"
+        try:
+            async with self.deadline():
+                await read_snapshots(self.redis, self.keys, HEALTH_PROBES)
+        except CacheUnavailableError as exc:
+            cause = exc.__cause__
+            redis = f"error: {exc}: {cause}"[:300] if cause is not None and str(cause) else f"error: {exc}"
+            logger.warning("health check failed: %s", redis)
+        return {"redis": redis, "updates": self.hub.health()}
 
     async def _read_redis(self, view_keys: Sequence[str]) -> list[Snapshot | None]:
         async with self.deadline():
