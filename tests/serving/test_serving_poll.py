@@ -3,7 +3,11 @@ read, and every bad key refused with its reason before anything reaches Redis.""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+import httpx
 import pytest
+from fastapi import FastAPI
 from redis.asyncio import Redis
 from serving_support import OpenClient, put
 from serving_views import registry
@@ -106,6 +110,7 @@ async def test_fixed_routes_are_not_taken_for_keys(open_client: OpenClient) -> N
     views = await client.get("/cache/views")
     assert views.status_code == 200
     assert [v["template"] for v in views.json()] == ["item/{id}", "color/{color}"]
+    assert all("example" not in v for v in views.json())  # neither view has one: no "example": null
     # The stream route answers for itself (a missing key parameter), not "no view named 'stream'".
     stream = await client.get("/cache/stream")
     assert stream.status_code == 422
@@ -134,3 +139,21 @@ def test_views_named_like_the_fixed_routes_are_refused() -> None:
     with pytest.raises(ValueError, match="reserved"):
         cache_router(clash)
     cache_router(registry)  # the toy registry is fine
+
+
+async def test_the_view_list_gives_an_example_key_where_a_view_has_one() -> None:
+    with_example = replace(registry.views[0], example={"id": 7})
+    app = FastAPI()
+    app.include_router(cache_router(Registry([with_example, registry.views[1]])))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as client:
+        views = (await client.get("/cache/views")).json()
+    assert views[0]["example"] == "item/7"
+    assert "example" not in views[1]
+    assert views[0] == {
+        "template": "item/{id}",
+        "example": "item/7",
+        "params": {"id": "int"},
+        "entities": ["item"],
+        "max_age": 5,
+        "stale_while_revalidate": 60,
+    }

@@ -141,12 +141,12 @@ def cache_router(registry: Registry[Any], *, prefix: str = "/cache") -> APIRoute
         except CacheUnavailableError as exc:
             return error(503, str(exc), retry_after=settings.cache_retry_after)
 
-    @router.get("/views", summary="The cached view templates, with an example key each")
+    @router.get("/views", summary="The cached view templates, with an example key each where the view has one")
     async def list_views() -> list[dict[str, Any]]:
         return [
             {
                 "template": view.template,
-                "example": view.key(view.example) if view.example is not None else None,
+                **({"example": view.key(view.example)} if view.example is not None else {}),
                 "params": {name: type(param).__name__.lower() for name, param in view.params.items()},
                 "entities": sorted(view.entities),
                 "max_age": view.max_age,
