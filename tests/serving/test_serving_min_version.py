@@ -6,8 +6,10 @@ import asyncio
 import json
 
 import pytest
+from fastapi import FastAPI
+from helpers import wait_until
 from redis.asyncio import Redis
-from serving_support import OpenClient, StartSubscriber, put
+from serving_support import OpenClient, StartSubscriber, put, serving_of
 from serving_views import World
 
 from freshviews.core.events import Change, Operation
@@ -16,25 +18,37 @@ from freshviews.publish.publisher import Publisher
 from freshviews.serving.routes import parse_min_version
 from freshviews.worker.store import CacheStore, PendingWrite
 
+#: How long a read waits for its version here (cache_min_version_wait): the promise the waits below rely on.
+WAIT = 3.0
+
+
+async def _waiting(redis: Redis, app: FastAPI) -> None:
+    """Return once the reader is waiting: it watches the key and has read the fence that is not enough yet
+    (Redis's command counters were reset before it began)."""
+
+    async def read_once() -> bool:
+        stats = await redis.info("commandstats")
+        return serving_of(app).hub.mailboxes == 1 and int(stats.get("cmdstat_hmget", {}).get("calls", 0)) >= 1
+
+    # Within the reader's own wait: a reader that is not waiting by then has given up already.
+    await wait_until(read_once, WAIT, message="the reader did not start waiting")
+
 
 async def test_the_read_waits_for_a_write_that_lands_later(open_client: OpenClient, redis: Redis, keys: Keys) -> None:
-    client, _ = await open_client(cache_min_version_wait=3.0)
+    client, app = await open_client(cache_min_version_wait=WAIT)
     old = await put(redis, keys, "item/1", {"v": 1})
-
-    async def write_later() -> int:
-        await asyncio.sleep(0.2)
-        return await put(redis, keys, "item/1", {"v": 2})
-
-    writer = asyncio.create_task(write_later())
-    response = await client.get("/cache/item/1", params={"min_version": old + 1})
-    new = await writer
+    await redis.config_resetstat()
+    reader = asyncio.create_task(client.get("/cache/item/1", params={"min_version": old + 1}))
+    await _waiting(redis, app)
+    new = await put(redis, keys, "item/1", {"v": 2})
+    response = await reader
     assert response.status_code == 200
     assert response.json() == {"v": 2}
     assert response.headers["etag"] == f'"{new}"'
 
 
 async def test_a_version_already_reached_answers_at_once(open_client: OpenClient, redis: Redis, keys: Keys) -> None:
-    client, _ = await open_client(cache_min_version_wait=3.0)
+    client, _ = await open_client(cache_min_version_wait=WAIT)
     version = await put(redis, keys, "item/1", {"v": 1})
     response = await client.get("/cache/item/1", params={"min_version": version})
     assert response.status_code == 200
@@ -48,19 +62,15 @@ async def test_a_version_already_reached_answers_at_once(open_client: OpenClient
 async def test_a_recompute_that_left_the_value_unchanged_satisfies_it(
     open_client: OpenClient, redis: Redis, keys: Keys
 ) -> None:
-    client, _ = await open_client(cache_min_version_wait=3.0)
+    client, app = await open_client(cache_min_version_wait=WAIT)
     version = await put(redis, keys, "item/1", {"v": 1})
     store = CacheStore(redis, keys)
-
-    async def same_value_later() -> int:
-        await asyncio.sleep(0.2)
-        (ticket,) = await store.tickets(["item/1"])
-        await store.write([PendingWrite("item/1", ticket, json.dumps({"v": 1}).encode())])
-        return ticket
-
-    recompute = asyncio.create_task(same_value_later())
-    response = await client.get("/cache/item/1", params={"min_version": version + 1})
-    ticket = await recompute
+    await redis.config_resetstat()
+    reader = asyncio.create_task(client.get("/cache/item/1", params={"min_version": version + 1}))
+    await _waiting(redis, app)
+    (ticket,) = await store.tickets(["item/1"])
+    await store.write([PendingWrite("item/1", ticket, json.dumps({"v": 1}).encode())])
+    response = await reader
     # The write moved only the fence (no new version, no notification), and that is enough: the cache
     # reflects a recompute started after the reader's write.
     assert ticket > version
