@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -27,3 +29,11 @@ def sample(name: str, labels: dict[str, str] | None = None) -> float:
 
 async def cached(redis: Redis, keys: Keys, view_key: str) -> dict[bytes, bytes]:
     return await redis.hgetall(keys.value(view_key))  # type: ignore[no-any-return]
+
+
+async def stop(sub: Subscriber, task: asyncio.Task[None], budget: float) -> float:
+    """Stop a running subscriber and return how long its run() took to return (failing past ``budget`` + 2 s)."""
+    started = time.monotonic()
+    sub.stop()
+    await asyncio.wait_for(task, timeout=budget + 2)
+    return time.monotonic() - started

@@ -5,20 +5,18 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
 
 import pytest
 from helpers import wait_until
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from subscriber_support import MakeSubscriber, cached, item_change
+from subscriber_support import MakeSubscriber, cached, item_change, stop
 from toy_subscriber_views import World
 
 from freshviews.core.connections import create_redis
 from freshviews.core.embedded import EmbeddedRedis
 from freshviews.core.keys import DATA, Keys
 from freshviews.publish.publisher import Publisher
-from freshviews.worker.service import Subscriber
 
 
 async def _name(redis: Redis, keys: Keys, item_id: int) -> str | None:
@@ -41,13 +39,6 @@ async def _reconnect(redis: Redis) -> None:
             return False
 
     await wait_until(answers, timeout=5, message="Redis did not come back")
-
-
-async def _stop(sub: Subscriber, task: asyncio.Task[None], budget: float) -> float:
-    started = time.monotonic()
-    sub.stop()
-    await asyncio.wait_for(task, timeout=budget + 2)
-    return time.monotonic() - started
 
 
 async def test_run_applies_changes_sweeps_on_a_timer_beats_and_stops(
@@ -73,7 +64,7 @@ async def test_run_applies_changes_sweeps_on_a_timer_beats_and_stops(
         assert 0 < await redis.ttl(keys.heartbeat("c1")) <= 2
         assert not task.done()
     finally:
-        elapsed = await _stop(sub, task, budget=2)
+        elapsed = await stop(sub, task, budget=2)
     assert elapsed < 2
     assert task.result() is None
     assert await redis.exists(keys.heartbeat("c1")) == 0
@@ -96,7 +87,7 @@ async def test_stop_is_prompt_with_the_sweep_timer_off(
     task = asyncio.create_task(sub.run())
     await wait_until(lambda: redis.exists(keys.heartbeat("c1")), timeout=5, message="no heartbeat")
     with caplog.at_level(logging.WARNING, logger="freshviews.worker.service"):
-        elapsed = await _stop(sub, task, budget=3)
+        elapsed = await stop(sub, task, budget=3)
     assert "handing back" not in caplog.text
     assert elapsed < 1.5, f"stop() took {elapsed:.1f}s with nothing in flight"
 
@@ -131,6 +122,6 @@ async def test_run_survives_redis_restarting_empty(
         await wait_until(lambda: _has_name(redis, keys, 3, "after restart"), timeout=10, message="not consuming")
         await wait_until(lambda: redis.exists(keys.heartbeat("c1")), timeout=5, message="no heartbeat")
     finally:
-        await _stop(sub, task, budget=2)
+        await stop(sub, task, budget=2)
         await client.aclose()
     assert task.result() is None

@@ -2,9 +2,9 @@
 
 ``item/{id}`` is one item (MISSING when it is gone); ``color/{color}`` lists the ids of the items of one colour.
 Each :class:`World` counts computes per key, can hold a compute after it read the source (a gate), and can make
-a key's compute raise. The module-level ``registry`` serves a module-level world, for the CLI tests
-(``python -m subscriber sweep --once --views toy_subscriber_views:registry``); the in-process tests pass their own
-:class:`World` as the subscriber's context instead.
+a key's compute, or the next enumerations, raise. The module-level ``registry`` serves a module-level world, for
+the CLI tests (``python -m subscriber sweep --once --views toy_subscriber_views:registry``); the in-process tests
+pass their own :class:`World` as the subscriber's context instead.
 """
 
 from __future__ import annotations
@@ -39,6 +39,8 @@ class World:
     gates: dict[str, Gate] = field(default_factory=dict)
     #: keys whose compute raises.
     failing: set[str] = field(default_factory=set)
+    #: how many of the next enumerations of the items raise (the source of truth not ready yet).
+    enumerate_failures: int = 0
 
     def hold(self, key: str) -> Gate:
         gate = Gate()
@@ -74,6 +76,9 @@ def affected_item(ctx: World, change: Change) -> Iterable[Params]:
 
 
 async def enumerate_items(ctx: World) -> Iterable[Params]:
+    if ctx.enumerate_failures > 0:
+        ctx.enumerate_failures -= 1
+        raise ConnectionRefusedError("the items table is not there yet")
     return [{"id": i} for i in ctx.items]
 
 

@@ -23,7 +23,7 @@ from typing import Generic, TypeVar
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from freshviews.core.connections import check_redis, describe, where
+from freshviews.core.connections import RedisConfigError, check_redis, config_problem, describe, error_code, where
 from freshviews.core.views import Registry
 from freshviews.worker import metrics
 from freshviews.worker.consumer import MAX_COALESCE, BatchOutcome, ChangeConsumer
@@ -86,6 +86,8 @@ class Subscriber(Generic[Ctx]):
         self._stop = asyncio.Event()
         self._sweep_now = asyncio.Event()
         self._sweep_reason = "recover"
+        #: Armed by stop() while run() runs: how long the loops may still take to finish their step.
+        self._grace: asyncio.Timeout | None = None
         self._gap_seen: bytes | None = None
         self._started = time.time()
         self._source_delay = SOURCE_RETRY_FIRST / 2
@@ -96,9 +98,18 @@ class Subscriber(Generic[Ctx]):
         return self.consumer.batches
 
     def stop(self) -> None:
-        """Ask every loop to finish its current step and return (safe to call from a signal handler)."""
+        """Ask every loop to finish its current step and return (safe to call from a signal handler).
+
+        A loop still busy ``shutdown_timeout`` seconds later is cancelled: its batch stays pending, and is
+        retried by this consumer's next life or reclaimed by another consumer.
+        """
         self._stop.set()
         self._sweep_now.set()  # wakes the sweep loop, which looks at the stop flag first
+        self._arm_grace()
+
+    def _arm_grace(self) -> None:
+        if self._grace is not None and self._grace.when() is None:
+            self._grace.reschedule(asyncio.get_running_loop().time() + self._settings.shutdown_timeout)
 
     async def wait_for_redis(self) -> None:
         """Return once Redis answers; raise :class:`RedisConfigError` at once if it refuses us (wrong
@@ -148,7 +159,7 @@ class Subscriber(Generic[Ctx]):
         return await self.consumer.drain()
 
     async def run(self) -> None:
-        """Run until :meth:`stop`; a crashed loop cancels the others and re-raises."""
+        """Run every loop until :meth:`stop`; re-raise the error of a loop that failed (the others are cancelled)."""
         if await self.start(warm=False):
             self._request_sweep("warm")
         else:
@@ -161,21 +172,28 @@ class Subscriber(Generic[Ctx]):
             "sweep": self._sweep_step,
             "heartbeat": self._heartbeat_step,
         }
-        tasks = {asyncio.create_task(self._loop(name, step), name=name) for name, step in loops.items()}
-        stopping = asyncio.create_task(self._stop.wait())
         try:
-            done, _ = await asyncio.wait({*tasks, stopping}, return_when=asyncio.FIRST_COMPLETED)
-            if stopping not in done:
-                for task in done:
-                    task.result()  # a loop returned or crashed before stop(): surface it
-            _, late = await asyncio.wait(tasks, timeout=self._settings.shutdown_timeout)
-            if late:
-                logger.warning("shutdown: handing back the batch in flight (pending changes are reclaimed later)")
+            # The grace deadline, once stop() arms it, cancels the task group and with it every loop still busy.
+            async with asyncio.timeout(None) as self._grace:
+                if self._stop.is_set():
+                    self._arm_grace()
+                async with asyncio.TaskGroup() as group:
+                    for name, step in loops.items():
+                        group.create_task(self._loop(name, step), name=name)
+                    try:
+                        await self._stop.wait()
+                    finally:
+                        # Cancelled because a loop failed (or run() itself was): the loops are being cancelled, and
+                        # stopping too ends any whose cancellation is lost (on Python 3.11 asyncio.wait_for, which
+                        # redis-py sends commands through, can swallow one) after its step, within the grace period.
+                        self.stop()
+        except TimeoutError:
+            logger.warning("shutdown: handing back the batch in flight (pending changes are retried or reclaimed)")
+        except ExceptionGroup as failed:
+            # Each failure was logged by its loop; the first one is what ends the process.
+            raise failed.exceptions[0] from None
         finally:
-            stopping.cancel()
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, stopping, return_exceptions=True)
+            self._grace = None
             with contextlib.suppress(RedisError, OSError):
                 await self._redis.delete(self._keys.heartbeat(self._settings.consumer))
 
@@ -185,10 +203,17 @@ class Subscriber(Generic[Ctx]):
             try:
                 await step()
             except (RedisError, OSError) as exc:
+                # A refusal (a revoked permission, a password Redis no longer accepts) does not go away by retrying.
+                if error_code(exc) and (problem := config_problem(exc, self._redis)) is not None:
+                    logger.error("%s loop: %s", name, problem)
+                    raise RedisConfigError(problem) from exc
                 metrics.REDIS_ERRORS.labels(name).inc()
                 logger.warning("%s loop: Redis error (%s); retrying in %.1fs", name, describe(exc), delay)
                 await self._sleep(delay)
                 delay = min(delay * 2, REDIS_RETRY_MAX)
+            except Exception:
+                logger.exception("%s loop failed: stopping the subscriber", name)
+                raise
             else:
                 delay = REDIS_RETRY_FIRST
 
