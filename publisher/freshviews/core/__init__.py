@@ -5,6 +5,7 @@ compute functions only.
 """
 
 from freshviews.core.connections import create_redis
+from freshviews.core.dependencies import PK, On
 from freshviews.core.events import Change, ChangeDecodeError, Operation
 from freshviews.core.keys import Keys
 from freshviews.core.settings import RedisSettings
@@ -24,6 +25,7 @@ from freshviews.core.views import (
 
 __all__ = [
     "MISSING",
+    "PK",
     "Change",
     "ChangeDecodeError",
     "Choice",
@@ -31,6 +33,7 @@ __all__ = [
     "InvalidKeyError",
     "Keys",
     "Missing",
+    "On",
     "Operation",
     "Params",
     "RedisSettings",

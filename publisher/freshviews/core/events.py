@@ -17,6 +17,7 @@ and reject entries from a future schema clearly.
 from __future__ import annotations
 
 import enum
+import json
 import time
 from typing import Annotated, Any
 
@@ -36,8 +37,6 @@ Column = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}
 EntityId = Annotated[str, StringConstraints(min_length=1, max_length=128)]
 #: A column value as JSON carries it (the capture turns dates, decimals and UUIDs into text).
 Value = str | int | float | bool | None
-#: The name values had in schema 1.
-HintValue = Value
 Row = dict[Column, Value | list[Value]]
 
 
@@ -71,20 +70,11 @@ class Change(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _hints_are_after_values(cls, data: Any) -> Any:
-        # Schema 1 (and callers of the earlier API) gave the row's values as "hints": they are what is now "after".
-        if isinstance(data, dict):
-            hints = data.get("h", data.get("hints"))
-            if isinstance(hints, dict):
-                data = {k: v for k, v in data.items() if k not in ("h", "hints")}
-                after = data.get("a", data.get("after")) or {}
-                data["a" if "a" in data or "after" not in data else "after"] = {**hints, **after}
+    def _schema_1(cls, data: Any) -> Any:
+        # Schema 1 carried the row's values as "h" (hints): they are the after values.
+        if isinstance(data, dict) and data.get("s") == 1 and isinstance(data.get("h"), dict):
+            data = {k: v for k, v in data.items() if k != "h"} | {"a": {**data["h"], **(data.get("a") or {})}}
         return data
-
-    @property
-    def hints(self) -> Row:
-        """The ``after`` values (the name the values had in schema 1)."""
-        return self.after or {}
 
     def values(self, column: str) -> list[Value | list[Value]] | None:
         """The column's values before and after the change (one each, duplicates kept out); None when neither
@@ -100,6 +90,32 @@ class Change(BaseModel):
 
     def encode(self) -> bytes:
         return self.model_dump_json(by_alias=True, exclude_none=True).encode()
+
+
+def encode_change(
+    *,
+    entity: str,
+    id: str,
+    op: Operation,
+    before: Row | None,
+    after: Row | None,
+    committed_ms: int,
+    origin: str | None = None,
+) -> str:
+    """The wire JSON of a change, as :meth:`Change.encode` writes it, without building and validating a model.
+
+    For captures that write thousands of changes in one statement: the names come from the database's own
+    tables and the values are already plain JSON, so the decoder's validation at the subscriber is enough.
+    """
+    fields: dict[str, Any] = {"s": SCHEMA_VERSION, "e": entity, "i": id, "o": op.value}
+    if before is not None:
+        fields["b"] = before
+    if after is not None:
+        fields["a"] = after
+    fields["t"] = committed_ms
+    if origin is not None:
+        fields["x"] = origin
+    return json.dumps(fields, separators=(",", ":"), ensure_ascii=False)
 
 
 class ChangeDecodeError(ValueError):

@@ -1,9 +1,10 @@
 """The view registry: every cached view is declared once, here, and both the subscriber and the read path use it.
 
-A view is a key template with typed parameters (``leaderboard/{region}``), an async ``compute`` that reads
-the source of truth, an ``affected`` function mapping a change to the parameters of the keys it touches,
-and an ``enumerate`` function listing every live key (for the sweep and the warm-up). Keys are parsed
-only against these templates, so nothing a client sends ever becomes a raw Redis key.
+A view is a key template with typed parameters (``leaderboard/{region}``), an async ``compute`` that reads the
+source of truth, the entities it depends on and how their changes name its keys (``depends_on``, see
+:mod:`freshviews.core.dependencies`), optionally an ``affected`` function for effects across rows, and an
+``enumerate`` function listing every live key (for the sweep and the warm-up). Keys are parsed only against
+these templates, so nothing a client sends ever becomes a raw Redis key.
 """
 
 from __future__ import annotations
@@ -12,106 +13,65 @@ import inspect
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any, Generic, TypeVar
 
+from freshviews.core import dependencies
+from freshviews.core.dependencies import InvalidChangeError, On
 from freshviews.core.events import Change
+from freshviews.core.params import MISSING, Choice, Int, InvalidKeyError, Missing, Param, Slug, UnknownViewError
+
+__all__ = [
+    "MAX_KEY_LENGTH",
+    "MISSING",
+    "Affected",
+    "Choice",
+    "Int",
+    "InvalidKeyError",
+    "Missing",
+    "Params",
+    "Registry",
+    "Slug",
+    "UnknownViewError",
+    "View",
+    "ViewKey",
+]
 
 Ctx = TypeVar("Ctx")
 Params = Mapping[str, Any]
 MAX_KEY_LENGTH = 256
 
-
-class Missing:
-    """Returned by a compute function when the source row is gone: the key is deleted (tombstoned)."""
-
-    _instance: Missing | None = None
-
-    def __new__(cls) -> Missing:
-        if cls._instance is None:
-            cls._instance = super().__new__(cls)
-        return cls._instance
-
-    def __repr__(self) -> str:
-        return "MISSING"
-
-
-MISSING = Missing()
-
-
-class UnknownViewError(LookupError):
-    """No registered view matches the key (HTTP 404)."""
-
-
-class InvalidKeyError(ValueError):
-    """The key names a view but a parameter is invalid (HTTP 422)."""
-
-
-class Param:
-    """A typed key parameter: parses the text of a key segment and formats a value back, canonically."""
-
-    def parse(self, text: str) -> Any:
-        raise NotImplementedError
-
-    def format(self, value: Any) -> str:
-        text = str(value)
-        self.parse(text)  # a value that could not be parsed back would make a key no reader can ask for
-        return text
-
-
-@dataclass(frozen=True)
-class Int(Param):
-    minimum: int = 0
-    maximum: int = 2**53 - 1
-
-    def parse(self, text: str) -> int:
-        if not re.fullmatch(r"0|-?[1-9][0-9]{0,15}", text):
-            raise InvalidKeyError(f"{text[:40]!r} is not a canonical integer")
-        value = int(text)
-        if not self.minimum <= value <= self.maximum:
-            raise InvalidKeyError(f"{value} is outside [{self.minimum}, {self.maximum}]")
-        return value
-
-
-@dataclass(frozen=True)
-class Slug(Param):
-    max_length: int = 64
-
-    def parse(self, text: str) -> str:
-        if not re.fullmatch(r"[A-Za-z0-9_-]+", text) or len(text) > self.max_length:
-            raise InvalidKeyError(f"{text[:40]!r} must be 1-{self.max_length} of A-Z a-z 0-9 _ -")
-        return text
-
-
-@dataclass(frozen=True)
-class Choice(Param):
-    choices: tuple[str, ...]
-
-    def parse(self, text: str) -> str:
-        if text not in self.choices:
-            raise InvalidKeyError(f"{text[:40]!r} is not one of {', '.join(self.choices)}")
-        return text
-
-
 _PLACEHOLDER = re.compile(r"\{([a-z_][a-z0-9_]*)\}")
 _LITERAL = re.compile(r"[a-z0-9_-]+")
 
+#: ``compute(ctx, **params)``: the view's value (JSON-able data or a pydantic model), or MISSING.
 ComputeFn = Callable[..., Awaitable[Any]]
-AffectedFn = Callable[[Ctx, Change], Iterable[Params] | Awaitable[Iterable[Params]]]
+#: ``affected(ctx, changes)``: the params of the keys a batch of changes affects beyond what ``depends_on`` says.
+AffectedFn = Callable[[Ctx, Sequence[Change]], Iterable[Params] | Awaitable[Iterable[Params]]]
+#: ``enumerate(ctx)``: the params of every key that exists now.
 EnumerateFn = Callable[[Ctx], Awaitable[Iterable[Params]]]
 
 
 @dataclass(frozen=True)
 class View(Generic[Ctx]):
-    """One cached view. See the module docstring; ``compute(ctx, **params)`` returns a JSON-able value
-    (or a pydantic model) or :data:`MISSING` when its source row no longer exists."""
+    """One cached view.
+
+    - ``compute(ctx, **params)`` reads the source of truth and returns the value (JSON-able data or a pydantic
+      model), or :data:`MISSING` when the row behind the key is gone (the key is then deleted);
+    - ``depends_on``: one :class:`On` per entity whose changes can alter the view, mapping the changed row's
+      columns to the view's parameters;
+    - ``affected(ctx, changes)`` (optional): for effects a declaration cannot express, the params of further
+      keys a batch affects; it receives every change of the batch to the entities in ``depends_on``;
+    - ``enumerate(ctx)``: the params of every key that exists now;
+    - ``example``: the params of one key, shown by ``GET /cache/views`` so a reader can see what a key looks like.
+    """
 
     template: str
+    _: KW_ONLY
     compute: ComputeFn
-    affected: AffectedFn[Ctx]
     enumerate: EnumerateFn[Ctx]
-    #: Entities whose changes can affect this view; changes to other entities never reach ``affected``.
-    entities: frozenset[str]
+    depends_on: Sequence[On] = ()
+    affected: AffectedFn[Ctx] | None = None
     params: Mapping[str, Param] = field(default_factory=dict)
     #: HTTP caching of the read route: max-age and stale-while-revalidate, seconds.
     max_age: int = 1
@@ -131,8 +91,8 @@ class View(Generic[Ctx]):
             raise ValueError(f"template {self.template!r} placeholders {names} must match params {sorted(self.params)}")
         if _PLACEHOLDER.fullmatch(segments[0]):
             raise ValueError(f"template {self.template!r} must start with a literal (the view's name)")
-        if not self.entities:
-            raise ValueError(f"view {self.template!r} depends on no entity")
+        object.__setattr__(self, "depends_on", tuple(self.depends_on))
+        dependencies.check(self)
 
     @property
     def name(self) -> str:
@@ -141,6 +101,11 @@ class View(Generic[Ctx]):
     @property
     def segments(self) -> list[str]:
         return self.template.split("/")
+
+    @property
+    def entities(self) -> frozenset[str]:
+        """Entities whose changes can affect this view."""
+        return frozenset(on.entity for on in self.depends_on)
 
     def key(self, params: Params) -> str:
         """The canonical key for ``params`` (validated: a bad enumerate/affected result fails loudly here)."""
@@ -185,6 +150,29 @@ class ViewKey:
     key: str
 
 
+@dataclass
+class Affected:
+    """The keys a batch of changes affects, and what could not be worked out."""
+
+    keys: dict[str, ViewKey] = field(default_factory=dict)
+    #: Changes that name no valid key (bad input), with the reason: dead-lettered, never retried.
+    invalid: dict[int, str] = field(default_factory=dict)
+    #: Views whose ``affected`` or ``enumerate`` raised, with the error and the indexes of the changes it was given.
+    failed: dict[str, tuple[BaseException, list[int]]] = field(default_factory=dict)
+    #: Views every key of which is affected (a change lacked a column their declarations map).
+    everything: set[str] = field(default_factory=set)
+    #: For each view, the indexes of the changes that could affect it.
+    inputs: dict[str, list[int]] = field(default_factory=dict)
+    #: For each key, the indexes of the changes that named it (what a failure of the key is traced to): those
+    #: whose declared values named it, or for a key an ``affected`` function or ``enumerate`` named, every
+    #: change the view was given.
+    sources: dict[str, set[int]] = field(default_factory=dict)
+
+    def add(self, view_key: ViewKey, indexes: Iterable[int]) -> None:
+        self.keys[view_key.key] = view_key
+        self.sources.setdefault(view_key.key, set()).update(indexes)
+
+
 class Registry(Generic[Ctx]):
     """All views of one application, and how to open the context their functions need (e.g. a database engine)."""
 
@@ -203,7 +191,7 @@ class Registry(Generic[Ctx]):
         self._context = context
         self._by_entity: dict[str, list[View[Ctx]]] = {}
         for view in self.views:
-            for entity in view.entities:
+            for entity in sorted(view.entities):
                 self._by_entity.setdefault(entity, []).append(view)
 
     @property
@@ -212,6 +200,11 @@ class Registry(Generic[Ctx]):
 
     def views_for(self, entity: str) -> list[View[Ctx]]:
         return self._by_entity.get(entity, [])
+
+    def columns(self, entity: str) -> frozenset[str]:
+        """The columns a change to ``entity`` must carry for every view that depends on it (what to capture)."""
+        needs = (on.needs for view in self.views_for(entity) for on in view.depends_on if on.entity == entity)
+        return frozenset().union(*needs)
 
     def open_context(self) -> AbstractAsyncContextManager[Ctx]:
         """The context the subscriber passes to every compute/affected/enumerate call."""
@@ -236,15 +229,42 @@ class Registry(Generic[Ctx]):
             raise InvalidKeyError(f"{key[:60]!r} does not match the shape of view {parts[0][:40]!r}")
         raise UnknownViewError(f"no view named {parts[0][:40]!r}")
 
-    async def affected_keys(self, ctx: Ctx, change: Change) -> dict[str, ViewKey]:
-        """Every key the change affects, across all views (empty for an entity no view depends on)."""
-        out: dict[str, ViewKey] = {}
-        for view in self.views_for(change.entity):
-            result = view.affected(ctx, change)
-            params_list = await result if inspect.isawaitable(result) else result
-            for params in params_list:
-                key = view.key(params)
-                out[key] = ViewKey(view, dict(params), key)
+    async def affected(self, ctx: Ctx, changes: Sequence[Change]) -> Affected:
+        """Every key ``changes`` affect, across all views: the declared ones with no query, then each view's
+        ``affected`` function once for the whole batch. Changes to entities no view depends on affect nothing."""
+        out = Affected()
+        inputs = out.inputs
+        for index, change in enumerate(changes):
+            for view in self.views_for(change.entity):
+                inputs.setdefault(view.template, []).append(index)
+                if view.template in out.everything:
+                    continue
+                try:
+                    declared = dependencies.resolve(view, change)
+                except InvalidChangeError as exc:
+                    out.invalid[index] = str(exc)
+                    continue
+                if declared is None:
+                    out.everything.add(view.template)
+                    continue
+                for key, params in declared.items():
+                    out.add(ViewKey(view, dict(params), key), [index])
+        for view in self.views:
+            indexes = [i for i in inputs.get(view.template, []) if i not in out.invalid]
+            if not indexes:
+                continue
+            try:
+                found: Iterable[Params] = []
+                if view.template in out.everything:
+                    found = await view.enumerate(ctx)
+                elif view.affected is not None:
+                    result = view.affected(ctx, [changes[i] for i in indexes])
+                    found = await result if inspect.isawaitable(result) else result
+                for params in found:
+                    key = view.key(params)
+                    out.add(ViewKey(view, dict(params), key), indexes)
+            except Exception as exc:
+                out.failed[view.template] = (exc, indexes)
         return out
 
     async def all_keys(self, ctx: Ctx) -> dict[str, ViewKey]:

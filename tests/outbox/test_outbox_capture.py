@@ -1,0 +1,172 @@
+"""Capture from SQLAlchemy: every ORM write to a tracked entity leaves its change in the outbox, in its transaction."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine, delete, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
+
+from freshviews.core import Change
+from freshviews.core.events import FIELD, decode
+from freshviews.outbox import Capture, track
+
+from .conftest import OUTBOX, REGISTRY, Base, Item, Note, Owner
+
+
+class Commits:
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self) -> None:
+        self.count += 1
+
+
+@pytest.fixture
+def commits() -> Commits:
+    return Commits()
+
+
+@pytest.fixture
+def capture(sessions: async_sessionmaker[AsyncSession], commits: Commits) -> Iterator[Capture]:
+    tracking = track(sessions, REGISTRY, table=OUTBOX, on_commit=commits)
+    try:
+        yield tracking
+    finally:
+        tracking.remove()
+
+
+async def outbox(engine: AsyncEngine) -> list[Change]:
+    async with engine.connect() as conn:
+        rows = (await conn.execute(select(OUTBOX.c.change).order_by(OUTBOX.c.id))).scalars().all()
+    return [decode({FIELD: row.encode()}) for row in rows]
+
+
+@pytest.mark.usefixtures("capture")
+async def test_inserts_updates_and_deletes_record_the_tracked_columns_before_and_after(
+    engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession], commits: Commits
+) -> None:
+    async with sessions() as session:
+        session.add(Owner(id=7, name="ann"))
+        session.add(item := Item(id=1, name="one", color="red", owner_id=7))
+        await session.commit()
+        item.color = "blue"
+        item.name = "renamed"
+        await session.commit()
+        await session.delete(item)
+        await session.commit()
+    changes = await outbox(engine)
+    (owner,) = [c for c in changes if c.entity == "owners"]
+    created, moved, deleted = [c for c in changes if c.entity == "items"]
+    assert (owner.entity, owner.op.value, owner.after) == ("owners", "c", {"id": 7})
+    assert (created.entity, created.id, created.op.value) == ("items", "1", "c")
+    # The primary key and the columns the views map; not the name, which no view depends on.
+    assert (created.before, created.after) == (None, {"id": 1, "color": "red", "owner_id": 7})
+    assert (moved.op.value, moved.before, moved.after) == (
+        "u",
+        {"id": 1, "color": "red", "owner_id": 7},
+        {"id": 1, "color": "blue", "owner_id": 7},
+    )
+    assert (deleted.op.value, deleted.before, deleted.after) == ("d", {"id": 1, "color": "blue", "owner_id": 7}, None)
+    assert commits.count == 3
+
+
+@pytest.mark.usefixtures("capture")
+async def test_a_rolled_back_write_leaves_no_change_and_wakes_nobody(
+    engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession], commits: Commits
+) -> None:
+    async with sessions() as session:
+        session.add(Item(id=1, name="one", color="red"))
+        await session.flush()
+        await session.rollback()
+    assert await outbox(engine) == []
+    assert commits.count == 0
+
+
+@pytest.mark.usefixtures("capture")
+async def test_writes_no_view_depends_on_record_nothing_and_every_real_update_records_one(
+    engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession], commits: Commits
+) -> None:
+    async with sessions() as session:
+        session.add(Note(id=1, text="hello"))
+        session.add(item := Item(id=1, name="one", color="red"))
+        await session.commit()
+        item.name = "only the name"  # no view maps it to a key, but a view may show it
+        await session.commit()
+        item.name = "only the name"  # no change at all
+        await session.commit()
+    assert [(c.entity, c.op.value) for c in await outbox(engine)] == [("items", "c"), ("items", "u")]
+    assert commits.count == 2
+
+
+@pytest.mark.usefixtures("capture")
+async def test_update_and_delete_statements_record_one_change_per_row(
+    engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    async with sessions() as session:
+        session.add_all([Item(id=i, name=f"n{i}", color="red") for i in (1, 2, 3)])
+        await session.commit()
+        await session.execute(update(Item).where(Item.id >= 2).values(color="green"))
+        await session.execute(update(Item).where(Item.id == 1).values(name="untracked"))
+        await session.execute(delete(Item).where(Item.id == 3))
+        await session.execute(update(Item), [{"id": 1, "color": "blue"}])  # by primary key
+        await session.commit()
+    changes = (await outbox(engine))[3:]
+    assert [(c.op.value, c.id, (c.before or {}).get("color"), (c.after or {}).get("color")) for c in changes] == [
+        ("u", "2", "red", "green"),
+        ("u", "3", "red", "green"),
+        ("u", "1", "red", "red"),  # only its name changed: still a change, a view may show the name
+        ("d", "3", "green", None),
+        ("u", "1", "red", "blue"),
+    ]
+
+
+@pytest.mark.usefixtures("capture")
+async def test_an_old_value_the_orm_never_loaded_is_left_out_not_guessed(
+    engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    async with sessions() as session:
+        session.add(Item(id=1, name="one", color="red"))
+        await session.commit()
+    async with sessions() as session:
+        item = await session.get(Item, 1)
+        assert item is not None
+        session.expire(item, ["color"])
+        item.color = "blue"
+        await session.commit()
+    changed = (await outbox(engine))[-1]
+    assert changed.values("color") == ["blue"]
+    assert "color" not in (changed.before or {})
+
+
+async def test_removing_the_capture_stops_it(engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession]) -> None:
+    tracking = track(sessions, REGISTRY, table=OUTBOX)
+    tracking.remove()
+    async with sessions() as session:
+        session.add(Item(id=1, name="one", color="red"))
+        await session.commit()
+    assert await outbox(engine) == []
+
+
+def test_sync_sessions_are_captured_too(tmp_path: Path) -> None:
+    engine = create_engine(f"sqlite:///{tmp_path / 'sync.db'}")
+    Base.metadata.create_all(engine)
+    maker: sessionmaker[Session] = sessionmaker(engine)
+    commits = Commits()
+    tracking = track(maker, REGISTRY, table=OUTBOX, on_commit=commits)
+    try:
+        with maker() as session:
+            session.add(Item(id=5, name="five", color="green"))
+            session.commit()
+        with engine.connect() as conn:
+            stored: list[Any] = list(conn.execute(select(OUTBOX.c.change)).scalars())
+    finally:
+        tracking.remove()
+        engine.dispose()
+    assert [json.loads(s)["a"] for s in stored] == [{"id": 5, "color": "green", "owner_id": None}]
+    assert commits.count == 1

@@ -1,0 +1,115 @@
+"""The relay: outbox rows reach the change log at least once, each with its row as origin, and then leave the outbox."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from helpers import free_port, wait_until
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+from sqlalchemy import insert, select
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from freshviews.core import Change, Keys, Operation, RedisSettings
+from freshviews.core.connections import create_redis
+from freshviews.core.events import decode
+from freshviews.outbox import Relay, capturing
+
+from .conftest import OUTBOX, REGISTRY, Item
+
+
+def _settings(redis_url: str) -> RedisSettings:
+    return RedisSettings(redis_url=redis_url)
+
+
+async def _fill(engine: AsyncEngine, count: int) -> None:
+    now = int(time.time() * 1000)
+    rows = [
+        {"change": Change(entity="items", id=str(i), op=Operation.UPDATE, after={"color": "red"}).encode().decode(),
+         "created_ms": now}
+        for i in range(1, count + 1)
+    ]  # fmt: skip
+    async with engine.begin() as conn:
+        await conn.execute(insert(OUTBOX), rows)
+
+
+async def _left(engine: AsyncEngine) -> int:
+    async with engine.connect() as conn:
+        return len((await conn.execute(select(OUTBOX.c.id))).all())
+
+
+async def _count(redis: Redis, keys: Keys, wanted: int) -> bool:
+    return int(await redis.xlen(keys.changes)) >= wanted
+
+
+async def _logged(redis: Redis, keys: Keys) -> list[Change]:
+    return [decode(fields) for _, fields in await redis.xrange(keys.changes)]
+
+
+async def test_rows_reach_the_log_with_their_origin_and_leave_the_outbox(
+    engine: AsyncEngine, redis: Redis, redis_url: str, keys: Keys
+) -> None:
+    await _fill(engine, 3)
+    relay = Relay(engine, redis, _settings(redis_url), table=OUTBOX)
+    assert await relay.drain() == 3
+    logged = await _logged(redis, keys)
+    assert [(c.id, c.origin) for c in logged] == [("1", "outbox:1"), ("2", "outbox:2"), ("3", "outbox:3")]
+    assert await _left(engine) == 0
+    status = await relay.status()
+    assert (status.rows, status.oldest_seconds) == (0, 0.0)
+
+
+async def test_when_redis_fails_the_rows_stay_until_it_answers(
+    engine: AsyncEngine, redis: Redis, redis_url: str, keys: Keys
+) -> None:
+    await _fill(engine, 2)
+    dead = create_redis(f"redis://127.0.0.1:{free_port()}/0", timeout=0.5)
+    try:
+        with pytest.raises(RedisError):
+            await Relay(engine, dead, _settings(redis_url), table=OUTBOX).relay()
+    finally:
+        await dead.aclose()
+    assert await _left(engine) == 2
+    status = await Relay(engine, redis, _settings(redis_url), table=OUTBOX).status()
+    assert status.rows == 2
+    assert await Relay(engine, redis, _settings(redis_url), table=OUTBOX).drain() == 2
+    assert len(await _logged(redis, keys)) == 2
+
+
+async def test_two_relays_on_one_sqlite_file_send_each_row_once(
+    engine: AsyncEngine, redis: Redis, redis_url: str, keys: Keys
+) -> None:
+    await _fill(engine, 600)
+    relays = [Relay(engine, redis, _settings(redis_url), table=OUTBOX, batch_size=50) for _ in range(2)]
+    moved = await asyncio.gather(*(relay.drain() for relay in relays))
+    assert sum(moved) == 600
+    origins = [c.origin for c in await _logged(redis, keys)]
+    assert len(origins) == len(set(origins)) == 600
+
+
+async def test_a_commit_wakes_the_relay_of_its_process(
+    sessions: async_sessionmaker[AsyncSession], redis: Redis, redis_url: str, keys: Keys
+) -> None:
+    # The relay's timer is an hour: only the wake at commit can move the row.
+    settings = _settings(redis_url)
+    async with capturing(sessions, REGISTRY, redis=redis, settings=settings, table=OUTBOX, interval=3600):
+        async with sessions() as session:
+            session.add(Item(id=1, name="one", color="red"))
+            await session.commit()
+        # 5 s: the wake is immediate; the margin is for a loaded machine.
+        await wait_until(lambda: redis.xlen(keys.changes), timeout=5, message="the commit did not wake the relay")
+    (change,) = await _logged(redis, keys)
+    assert (change.entity, change.id, change.after) == ("items", "1", {"id": 1, "color": "red", "owner_id": None})
+
+
+async def test_rows_a_writer_left_behind_are_picked_up_on_the_timer(
+    engine: AsyncEngine, redis: Redis, redis_url: str, keys: Keys
+) -> None:
+    relay = Relay(engine, redis, _settings(redis_url), table=OUTBOX)
+    async with relay.running(interval=0.2):
+        await _fill(engine, 4)  # no wake: as if the writer died right after its commit
+        await wait_until(lambda: _count(redis, keys, 4), timeout=5, message="the timer never picked the rows up")
+    assert await _left(engine) == 0
+    assert len(await _logged(redis, keys)) == 4
