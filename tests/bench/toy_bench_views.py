@@ -11,8 +11,7 @@ from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-from freshviews.core.events import Change
-from freshviews.core.views import Int, Params, Registry, View
+from freshviews.core import PK, Int, On, Params, Registry, View
 
 KEYS = 1000
 
@@ -26,10 +25,6 @@ class Items:
 async def compute_item(ctx: Items, id: int) -> dict[str, int]:
     ctx.computes += 1
     return {"id": id, "computed": ctx.computes}
-
-
-def affected_item(_ctx: Items, change: Change) -> Iterable[Params]:
-    return [{"id": int(change.id)}]
 
 
 async def every_item(ctx: Items) -> Iterable[Params]:
@@ -49,9 +44,8 @@ registry: Registry[Items] = Registry(
         View(
             template="item/{id}",
             compute=compute_item,
-            affected=affected_item,
             enumerate=every_item,
-            entities=frozenset({"item"}),
+            depends_on=[On("item", id=PK)],
             params={"id": Int(minimum=1, maximum=1_000_000)},
         )
     ],

@@ -19,8 +19,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from freshviews.core.events import Change
-from freshviews.core.views import MISSING, Int, Params, Registry, View
+from freshviews.core import MISSING, PK, Int, On, Params, Registry, View
 
 ROWS = 500
 
@@ -48,10 +47,6 @@ async def compute_kv(src: Source, id: int) -> Any:
     return MISSING if not fields else render(id, fields)
 
 
-def affected_kv(src: Source, change: Change) -> Iterable[Params]:
-    return [{"id": int(change.id)}]
-
-
 async def enumerate_kv(src: Source) -> Iterable[Params]:
     return [{"id": i} for i in range(1, ROWS + 1)]
 
@@ -72,9 +67,8 @@ registry: Registry[Source] = Registry(
         View(
             template="kv/{id}",
             compute=compute_kv,
-            affected=affected_kv,
             enumerate=enumerate_kv,
-            entities=frozenset({"row"}),
+            depends_on=[On("row", id=PK)],
             params={"id": Int(minimum=1, maximum=ROWS)},
         )
     ],

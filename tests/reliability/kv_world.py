@@ -56,7 +56,7 @@ class World:
             ["-m", "freshviews.worker", "--views", "kv_views:registry", "--consumer", name],
             {
                 **{k: v for k, v in os.environ.items() if not k.startswith(("SUBSCRIBER_", "KV_"))},
-                "PYTHONPATH": str(HERE),
+                "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
                 "REDIS_URL": redis_url or self.cache_url,
                 "KV_SOURCE_URL": self.source_url,
                 "SUBSCRIBER_METRICS_PORT": str(port),

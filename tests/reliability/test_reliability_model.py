@@ -70,17 +70,15 @@ class CacheModel(RuleBasedStateMachine):
         )
         return Subscriber(redis=self.redis, registry=registry, ctx=self.world, settings=settings)
 
-    def _change(self, item_id: int, op: Operation, **hints: Any) -> Change:
-        return Change(entity="item", id=str(item_id), op=op, hints=hints)
-
     def _mutate(self, item_id: int, color: str | None, name: str) -> Change:
         old = self.world.items.get(item_id)
-        hints = {"old_color": old["color"]} if old else {}
+        before = {"color": old["color"]} if old else None
         if color is None:
             self.world.items.pop(item_id, None)
-            return self._change(item_id, Operation.DELETE, **hints)
+            return Change(entity="item", id=str(item_id), op=Operation.DELETE, before=before)
         self.world.items[item_id] = {"id": item_id, "name": name, "color": color}
-        return self._change(item_id, Operation.UPDATE if old else Operation.CREATE, color=color, **hints)
+        op = Operation.UPDATE if old else Operation.CREATE
+        return Change(entity="item", id=str(item_id), op=op, before=before, after={"color": color})
 
     @rule(item_id=ITEM_IDS, color=st.sampled_from([*COLORS, None]), name=st.text(max_size=5))
     def write(self, item_id: int, color: str | None, name: str) -> None:

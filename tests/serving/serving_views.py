@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from toy_subscriber_views import (
+    COLOR_DEPENDS,
     COLORS,
+    ITEM_DEPENDS,
     World,
-    affected_color,
-    affected_item,
     compute_color,
     compute_item,
     enumerate_colors,
@@ -34,9 +34,8 @@ registry: Registry[World] = Registry(
         View(
             template="item/{id}",
             compute=compute_item,
-            affected=affected_item,
             enumerate=enumerate_no_items,
-            entities=frozenset({"item"}),
+            depends_on=ITEM_DEPENDS,
             params={"id": Int(minimum=1, maximum=1_000_000)},
             max_age=5,
             stale_while_revalidate=60,
@@ -44,9 +43,8 @@ registry: Registry[World] = Registry(
         View(
             template="color/{color}",
             compute=compute_color,
-            affected=affected_color,
             enumerate=enumerate_colors,
-            entities=frozenset({"item"}),
+            depends_on=COLOR_DEPENDS,
             params={"color": Choice(COLORS)},
         ),
     ]

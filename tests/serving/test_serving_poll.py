@@ -12,8 +12,8 @@ from redis.asyncio import Redis
 from serving_support import OpenClient, put
 from serving_views import registry
 
+from freshviews.core import PK, Int, On, Registry, View
 from freshviews.core.keys import Keys
-from freshviews.core.views import Int, Registry, View
 from freshviews.serving import cache_router
 
 # Valid JSON, but not what any encoder in this process would produce: spacing, key order, an escape.
@@ -129,9 +129,8 @@ def test_views_named_like_the_fixed_routes_are_refused() -> None:
             View(
                 template="stream/{id}",
                 compute=compute,
-                affected=lambda ctx, change: [],
                 enumerate=enumerate_,
-                entities=frozenset({"x"}),
+                depends_on=[On("x", id=PK)],
                 params={"id": Int()},
             )
         ]

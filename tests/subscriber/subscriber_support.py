@@ -18,8 +18,13 @@ from freshviews.worker.service import Subscriber
 MakeSubscriber = Callable[..., Subscriber]
 
 
-def item_change(item_id: int, op: Operation = Operation.UPDATE, **hints: Any) -> Change:
-    return Change(entity="item", id=str(item_id), op=op, hints=hints)
+def item_change(
+    item_id: int, op: Operation = Operation.UPDATE, *, old_color: str | None = None, **after: Any
+) -> Change:
+    """A change to item ``item_id``: the values it has after (``color=...``), and its colour before, where the
+    writer says them."""
+    before = {"color": old_color} if old_color is not None else None
+    return Change(entity="item", id=str(item_id), op=op, before=before, after=after or None)
 
 
 def sample(name: str, labels: dict[str, str] | None = None) -> float:

@@ -103,7 +103,7 @@ def test_sweep_once_and_run_burst(cli: Cli, redis_url: str) -> None:
         again = json.loads(cli("sweep", "--views", VIEWS).stdout)
         assert (again["repaired"], again["unchanged"]) == (0, 8)
 
-        change = Change(entity="item", id="1", op=Operation.UPDATE, hints={"color": "green"})
+        change = Change(entity="item", id="1", op=Operation.UPDATE, after={"color": "green"})
         redis.xadd(keys.changes, {FIELD: change.encode()})
         burst = cli("subscriber", "--burst", "--views", VIEWS)
         assert burst.returncode == 0, burst.stderr

@@ -182,13 +182,16 @@ async def test_bad_entries_are_dead_lettered_with_reasons_and_do_not_stop_the_ot
         ({FIELD: b"not json"}, "decode", "invalid change"),
         ({FIELD: b"{" + b" " * MAX_ENCODED_BYTES + b"}"}, "decode", "byte limit"),
         ({FIELD: b'{"e":"item","i":"1","o":"u","s":99}'}, "decode", "s:"),
-        ({FIELD: ghost}, "unknown_entity", "unknown entity 'ghost'"),
-        ({FIELD: unparsable_id}, "recompute", "finding affected keys failed: ValueError"),
+        ({FIELD: unparsable_id}, "invalid", "'abc' is not a canonical integer"),
     ]
     injected = {await redis.xadd(keys.changes, fields): (kind, reason) for fields, kind, reason in bad}
+    # A change no view depends on is not an error: acknowledged and counted, never dead-lettered.
+    ignored = sample("freshviews_changes_ignored_total", {"entity": "ghost"})
+    await redis.xadd(keys.changes, {FIELD: ghost})
     await publisher.publish(item_change(1, color="green"))
 
-    assert await sub.drain() == len(injected) + 1
+    assert await sub.drain() == len(injected) + 2
+    assert sample("freshviews_changes_ignored_total", {"entity": "ghost"}) == ignored + 1
     assert await _name(redis, keys, 1) == "good"
     assert await _pending(redis, keys) == 0
     letters = await _dead_letters(redis, keys)

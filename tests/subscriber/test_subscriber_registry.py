@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
 from toy_subscriber_views import VIEWS, World, compute_item, enumerate_items, registry
 
+from freshviews.core import On
 from freshviews.core.events import Change, Operation
 from freshviews.core.views import MAX_KEY_LENGTH, Choice, Int, InvalidKeyError, Registry, Slug, UnknownViewError, View
 
 
-def _affected_none(ctx: Any, change: Change) -> list[dict[str, Any]]:
+async def _affected_none(ctx: Any, changes: Sequence[Change]) -> list[dict[str, Any]]:
     return []
 
 
@@ -21,7 +23,7 @@ def _view(template: str, params: dict[str, Any] | None = None, entities: frozens
         compute=compute_item,
         affected=_affected_none,
         enumerate=enumerate_items,
-        entities=entities,
+        depends_on=[On(entity) for entity in sorted(entities)],
         params=params or {},
     )
 
@@ -156,10 +158,10 @@ def test_same_name_different_shapes() -> None:
 
 async def test_affected_and_all_keys() -> None:
     world = World(items={1: {"id": 1, "color": "red"}, 2: {"id": 2, "color": "blue"}})
-    hinted = Change(entity="item", id="2", op=Operation.UPDATE, hints={"color": "blue", "old_color": "red"})
-    assert set(await registry.affected_keys(world, hinted)) == {"item/2", "color/blue", "color/red"}
+    moved = Change(entity="item", id="2", op=Operation.UPDATE, before={"color": "red"}, after={"color": "blue"})
+    assert set((await registry.affected(world, [moved])).keys) == {"item/2", "color/blue", "color/red"}
     bare = Change(entity="item", id="2", op=Operation.UPDATE)
-    assert set(await registry.affected_keys(world, bare)) == {"item/2", "color/red", "color/green", "color/blue"}
+    assert set((await registry.affected(world, [bare])).keys) == {"item/2", "color/red", "color/green", "color/blue"}
     other = Change(entity="ghost", id="1", op=Operation.UPDATE)
-    assert await registry.affected_keys(world, other) == {}
+    assert (await registry.affected(world, [other])).keys == {}
     assert set(await registry.all_keys(world)) == {"item/1", "item/2", "color/red", "color/green", "color/blue"}

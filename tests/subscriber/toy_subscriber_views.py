@@ -17,8 +17,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from freshviews.core.events import Change
-from freshviews.core.views import MISSING, Choice, Int, Params, Registry, View
+from freshviews.core import MISSING, PK, Choice, Int, On, Params, Registry, View
 
 COLORS = ("red", "green", "blue")
 
@@ -71,8 +70,9 @@ async def compute_item(ctx: World, id: int) -> Any:
     return await ctx._passed(f"item/{id}", value)
 
 
-def affected_item(ctx: World, change: Change) -> Iterable[Params]:
-    return [{"id": int(change.id)}]
+#: An item change names its own key, and the colours it had before and has after.
+ITEM_DEPENDS = [On("item", id=PK)]
+COLOR_DEPENDS = [On("item", color="color")]
 
 
 async def enumerate_items(ctx: World) -> Iterable[Params]:
@@ -87,12 +87,6 @@ async def compute_color(ctx: World, color: str) -> Any:
     return await ctx._passed(f"color/{color}", {"color": color, "ids": ids})
 
 
-async def affected_color(ctx: World, change: Change) -> Iterable[Params]:
-    # Hints are advisory: without them every colour may have changed.
-    hinted = [change.hints[h] for h in ("color", "old_color") if h in change.hints]
-    return [{"color": c} for c in (hinted or COLORS)]
-
-
 async def enumerate_colors(ctx: World) -> Iterable[Params]:
     return [{"color": c} for c in COLORS]
 
@@ -101,17 +95,16 @@ VIEWS: list[View[World]] = [
     View(
         template="item/{id}",
         compute=compute_item,
-        affected=affected_item,
         enumerate=enumerate_items,
-        entities=frozenset({"item"}),
+        depends_on=ITEM_DEPENDS,
         params={"id": Int(minimum=1, maximum=1_000_000)},
     ),
     View(
         template="color/{color}",
         compute=compute_color,
-        affected=affected_color,
         enumerate=enumerate_colors,
-        entities=frozenset({"item"}),
+        # A change that does not say its colour (before or after) affects every colour.
+        depends_on=COLOR_DEPENDS,
         params={"color": Choice(COLORS)},
     ),
 ]

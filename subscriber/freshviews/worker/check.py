@@ -5,7 +5,8 @@ Every subscriber refreshes a heartbeat key with a TTL (``<p>:hb:<consumer>``, wr
 arq's ``--check`` reads its health key, so a container or a supervisor can probe liveness without a port. A
 subscriber is alive while its heartbeat is younger than ``heartbeat_ttl``; the sweep is late once more than twice
 its interval (plus the time one sweep may take) passed since the last one finished, or since the oldest live
-subscriber started when none finished yet.
+subscriber started when none finished yet. A subscriber that relays an outbox also reports its depth and the age
+of its oldest change: one waiting longer than ``OUTBOX_LATE`` means changes are not reaching the log.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from freshviews.worker.settings import SubscriberSettings
 
 #: Beyond twice the interval, the time a sweep may itself take before it counts as late, seconds.
 SWEEP_GRACE = 60.0
+#: A change waiting in the outbox longer than this means no relay is moving it, seconds.
+OUTBOX_LATE = 30.0
 
 
 @dataclass
@@ -78,5 +81,14 @@ async def check(redis: Redis, settings: SubscriberSettings, *, consumer: str | N
             running = now - min(float(b.get("started", now)) for b in alive)
             if running > late_after:
                 health.problems.append(f"no sweep has finished in the {running:.0f}s the subscribers have run")
+    outboxes = [b["outbox"] for b in alive if isinstance(b.get("outbox"), dict)]
+    if outboxes:
+        health.details["outbox"] = outboxes[0]
+        oldest = max(float(o.get("oldest_seconds", 0)) for o in outboxes)
+        if oldest > OUTBOX_LATE:
+            health.problems.append(f"the oldest change in the outbox has waited {oldest:.0f}s: is Redis reachable?")
+        errors = [str(o["error"]) for o in outboxes if "error" in o]
+        if errors and len(errors) == len(outboxes):
+            health.problems.append(f"the outbox cannot be read: {errors[0]}")
     health.details["status"] = "ok" if not health.problems else "failing"
     return health

@@ -20,12 +20,13 @@ from typing import Any
 
 from prometheus_client import start_http_server
 
-from freshviews.core.commands import run_guarded, stop_on_signals
+from freshviews.core.commands import importable_from_here, run_guarded, stop_on_signals
 from freshviews.core.connections import create_redis, redis_url
 from freshviews.core.logs import configure
 from freshviews.core.settings import ConfigError, load
 from freshviews.core.views import Registry
 from freshviews.worker.check import check
+from freshviews.worker.outbox import outbox_relay
 from freshviews.worker.service import Subscriber
 from freshviews.worker.settings import SubscriberSettings
 
@@ -54,6 +55,7 @@ def load_registry(spec: str | None) -> Registry[Any]:
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
         raise ConfigError(f"--views must look like module:attribute, got {spec!r}")
+    importable_from_here()
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
@@ -119,10 +121,12 @@ async def _run(settings: SubscriberSettings, registry: Registry[Any], *, burst: 
     async with redis_url(settings) as url:
         redis = create_redis(url, timeout=settings.redis_timeout)
         try:
-            async with registry.open_context() as ctx:
-                subscriber = Subscriber(redis=redis, registry=registry, ctx=ctx, settings=settings)
+            async with registry.open_context() as ctx, outbox_relay(redis, settings) as relay:
+                subscriber = Subscriber(redis=redis, registry=registry, ctx=ctx, settings=settings, relay=relay)
                 stop_on_signals(subscriber.stop)
                 if burst:
+                    if relay is not None:
+                        await relay.drain()
                     await subscriber.start()
                     handled = await subscriber.drain()
                     print(json.dumps({"changes": handled, "batches": subscriber.batches}))

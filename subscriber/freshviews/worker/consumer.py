@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
@@ -164,7 +163,8 @@ class ChangeConsumer(Generic[Ctx]):
     async def _process(self, entries: Sequence[Entry]) -> BatchOutcome:
         outcome = BatchOutcome(entries=len(entries))
         dead: list[DeadLetter] = []
-        changes: dict[bytes, tuple[Entry, Change]] = {}
+        ignored: list[Entry] = []
+        batch: list[tuple[Entry, Change]] = []
         for entry in entries:
             try:
                 change = decode(entry[1])
@@ -172,55 +172,23 @@ class ChangeConsumer(Generic[Ctx]):
                 dead.append(DeadLetter(entry, "decode", str(exc), 1))
                 continue
             if change.entity not in self._registry.entities:
-                dead.append(
-                    DeadLetter(entry, "unknown_entity", f"unknown entity {change.entity!r}: no view depends on it", 1)
-                )
+                # A change no view depends on (a capture of more tables than the views use): nothing to do.
+                metrics.CHANGES_IGNORED.labels(change.entity).inc()
+                ignored.append(entry)
                 continue
             metrics.CHANGES_CONSUMED.labels(change.entity).inc()
-            changes[entry[0]] = (entry, change)
-
-        affected: dict[bytes, dict[str, ViewKey]] = {}
-        done: set[str] = set()
-        max_attempts = self._settings.max_attempts
-        errors: dict[bytes, str] = {}
-        for attempt in range(1, max_attempts + 1):
-            errors = {}
-            for entry_id, (_, change) in changes.items():
-                if entry_id in affected:
-                    continue
-                try:
-                    affected[entry_id] = await self._registry.affected_keys(self._ctx, change)
-                except Exception as exc:
-                    errors[entry_id] = f"finding affected keys failed: {type(exc).__name__}: {exc}"
-            todo: dict[str, ViewKey] = {}
-            for keyset in affected.values():
-                todo.update((k, v) for k, v in keyset.items() if k not in done)
-            if attempt == 1:
-                touched = Counter(key for keyset in affected.values() for key in keyset)
-                for key in todo:
-                    metrics.CHANGES_PER_RECOMPUTE.observe(touched[key])
-            result = await self._recomputer.run(todo, trigger="change")
-            done.update(result.outcomes)
-            outcome.written += sum(o is WriteOutcome.WRITTEN for o in result.outcomes.values())
-            outcome.fenced += sum(o is WriteOutcome.FENCED for o in result.outcomes.values())
-            failed = {k: f"{type(e).__name__}: {e}" for k, e in result.failures.items()}
-            for entry_id, keyset in affected.items():
-                bad = [k for k in keyset if k in failed]
-                if bad:
-                    errors[entry_id] = "; ".join(f"recompute of {k!r} failed: {failed[k]}" for k in bad[:3])
-            outcome.failed_keys = failed
-            if not errors:
-                break
-            if attempt < max_attempts:
-                logger.warning("attempt %d: %d change(s) not applied yet, retrying", attempt, len(errors))
-                await asyncio.sleep(self._settings.retry_backoff * 2 ** (attempt - 1))
-
-        outcome.keys = len(done)
+            batch.append((entry, change))
+        invalid: dict[int, str] = {}
+        errors = await self._apply([change for _, change in batch], outcome, invalid)
+        for index, reason in invalid.items():
+            dead.append(DeadLetter(batch[index][0], "invalid", reason, 1))
         now_ms = time.time() * 1000
-        good: list[Entry] = []
-        for entry_id, (entry, change) in changes.items():
-            if entry_id in errors:
-                dead.append(DeadLetter(entry, "recompute", errors[entry_id], max_attempts))
+        good: list[Entry] = list(ignored)
+        for index, (entry, change) in enumerate(batch):
+            if index in invalid:
+                continue
+            if index in errors:
+                dead.append(DeadLetter(entry, "recompute", errors[index], self._settings.max_attempts))
                 continue
             good.append(entry)
             metrics.COMMIT_TO_CACHE.observe(max(0.0, now_ms - change.committed_ms) / 1000)
@@ -228,6 +196,51 @@ class ChangeConsumer(Generic[Ctx]):
         outcome.acked = len(good) + len(dead)
         outcome.dead_lettered = len(dead)
         return outcome
+
+    async def _apply(self, changes: list[Change], outcome: BatchOutcome, invalid: dict[int, str]) -> dict[int, str]:
+        """Recompute every key ``changes`` affect, each once, retrying what fails; return the changes (by index)
+        that could still not be applied, with the reason. Changes naming no valid key go to ``invalid``."""
+        keys: dict[str, ViewKey] = {}
+        sources: dict[str, set[int]] = {}
+        unresolved = list(range(len(changes)))
+        done: set[str] = set()
+        errors: dict[int, str] = {}
+        max_attempts = self._settings.max_attempts
+        for attempt in range(1, max_attempts + 1):
+            errors = {}
+            if unresolved:
+                # One resolution for the whole batch: declarations with no query, each view's function once.
+                found = await self._registry.affected(self._ctx, [changes[i] for i in unresolved])
+                keys.update(found.keys)
+                for key, named_by in found.sources.items():
+                    sources.setdefault(key, set()).update(unresolved[i] for i in named_by)
+                invalid.update((unresolved[i], reason) for i, reason in found.invalid.items())
+                retry: set[int] = set()
+                for view, (exc, indexes) in found.failed.items():
+                    for i in indexes:
+                        retry.add(unresolved[i])
+                        errors[unresolved[i]] = f"finding affected keys of {view!r} failed: {type(exc).__name__}: {exc}"
+                unresolved = sorted(retry)
+            todo = {k: v for k, v in keys.items() if k not in done}
+            if attempt == 1:
+                for key in todo:
+                    metrics.CHANGES_PER_RECOMPUTE.observe(len(sources.get(key, ())) or 1)
+            result = await self._recomputer.run(todo, trigger="change")
+            done.update(result.outcomes)
+            outcome.written += sum(o is WriteOutcome.WRITTEN for o in result.outcomes.values())
+            outcome.fenced += sum(o is WriteOutcome.FENCED for o in result.outcomes.values())
+            outcome.failed_keys = {k: f"{type(e).__name__}: {e}" for k, e in result.failures.items()}
+            for key, reason in outcome.failed_keys.items():
+                # A key that fails is traced to the changes that named it.
+                for index in sources.get(key, ()):
+                    errors.setdefault(index, f"recompute of {key!r} failed: {reason}")
+            if not errors:
+                break
+            if attempt < max_attempts:
+                logger.warning("attempt %d: %d change(s) not applied yet, retrying", attempt, len(errors))
+                await asyncio.sleep(self._settings.retry_backoff * 2 ** (attempt - 1))
+        outcome.keys = len(done)
+        return errors
 
     async def _settle(self, good: Sequence[Entry], dead: Sequence[DeadLetter]) -> None:
         """Dead-letter what failed and acknowledge everything, in one round trip."""

@@ -3,6 +3,9 @@
 from prometheus_client import Counter, Gauge, Histogram
 
 CHANGES_CONSUMED = Counter("freshviews_changes_consumed_total", "Changes read from the change log", ["entity"])
+CHANGES_IGNORED = Counter(
+    "freshviews_changes_ignored_total", "Changes to entities no view depends on, acknowledged unapplied", ["entity"]
+)
 RECOMPUTES = Counter("freshviews_recomputes_total", "View recomputes", ["view", "trigger"])
 RECOMPUTE_FAILURES = Counter("freshviews_recompute_failures_total", "Recomputes that raised", ["view"])
 RECOMPUTE_SECONDS = Histogram("freshviews_recompute_seconds", "Time to compute one view", ["view"])

@@ -2,7 +2,8 @@
 
 Loops: consume (new changes), refresh (keys readers found missing, see :mod:`freshviews.worker.refresh`), reclaim
 (changes abandoned by dead consumers, plus stream gauges and trimmed-log detection), sweep (on a timer, and at once
-when Redis comes back empty), heartbeat. They run in one :class:`asyncio.TaskGroup`.
+when Redis comes back empty), heartbeat, and with an outbox the relay (:mod:`freshviews.worker.outbox`). They run
+in one :class:`asyncio.TaskGroup`.
 
 A Redis error inside a loop is logged, counted and retried with backoff: Redis restarting is weather, not a reason
 to exit (a lost consumer group is recreated by the group reader, and the cache swept). A loop that fails for any
@@ -18,7 +19,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -34,6 +35,9 @@ from freshviews.worker.settings import SubscriberSettings
 from freshviews.worker.store import CacheStore
 from freshviews.worker.sweep import Sweeper, SweepResult
 
+if TYPE_CHECKING:
+    from freshviews.outbox import Relay
+
 # MAX_COALESCE: what a burst is coalesced up to, which benchmarks report beside their results.
 __all__ = ["MAX_COALESCE", "Subscriber"]
 
@@ -41,9 +45,10 @@ logger = logging.getLogger(__name__)
 
 Ctx = TypeVar("Ctx")
 
-#: First and longest wait before a loop that hit a Redis error tries again, seconds.
+#: First and longest wait before a loop that hit a Redis error tries again, seconds: a Redis that comes back is
+#: in use again within a second.
 REDIS_RETRY_FIRST = 0.1
-REDIS_RETRY_MAX = 5.0
+REDIS_RETRY_MAX = 1.0
 #: First and longest wait before a sweep whose source failed is tried again, seconds.
 SOURCE_RETRY_FIRST = 0.5
 SOURCE_RETRY_MAX = 30.0
@@ -56,8 +61,18 @@ class Subscriber(Generic[Ctx]):
     :meth:`sweep` one repair pass.
     """
 
-    def __init__(self, *, redis: Redis, registry: Registry[Ctx], ctx: Ctx, settings: SubscriberSettings) -> None:
+    def __init__(
+        self,
+        *,
+        redis: Redis,
+        registry: Registry[Ctx],
+        ctx: Ctx,
+        settings: SubscriberSettings,
+        relay: Relay | None = None,
+    ) -> None:
+        """``relay`` (optional) moves an outbox's leftovers to the change log while :meth:`run` runs."""
         self._redis = redis
+        self.relay = relay
         self._keys = settings.keys
         self._settings = settings
         self.store = CacheStore(redis, self._keys, tombstone_ttl=settings.tombstone_ttl)
@@ -105,6 +120,8 @@ class Subscriber(Generic[Ctx]):
         """
         self._stop.set()
         self._sweep_now.set()  # wakes the sweep loop, which looks at the stop flag first
+        if self.relay is not None:
+            self.relay.stop()
         self._arm_grace()
 
     def _arm_grace(self) -> None:
@@ -180,6 +197,10 @@ class Subscriber(Generic[Ctx]):
                 async with asyncio.TaskGroup() as group:
                     for name, step in loops.items():
                         group.create_task(self._loop(name, step), name=name)
+                    if self.relay is not None:
+                        # The relay retries its own failures (the database or Redis away), logging each attempt.
+                        group.create_task(self.relay.run(interval=self._settings.relay_interval), name="relay")
+                        group.create_task(self.relay.listen(), name="relay-listen")
                     try:
                         await self._stop.wait()
                     finally:
@@ -270,11 +291,17 @@ class Subscriber(Generic[Ctx]):
 
     async def _heartbeat_step(self) -> None:
         ttl = self._settings.heartbeat_ttl
-        status = {
+        status: dict[str, object] = {
             "consumer": self._settings.consumer,
             "group": self._settings.group,
             "at": time.time(),
             "started": self._started,
         }
+        if self.relay is not None:
+            try:
+                outbox = await self.relay.status()
+                status["outbox"] = {"rows": outbox.rows, "oldest_seconds": outbox.oldest_seconds}
+            except Exception as exc:  # the database being away is the relay's to report; liveness goes on
+                status["outbox"] = {"error": describe(exc)[:200]}
         await self._redis.set(self._keys.heartbeat(self._settings.consumer), json.dumps(status), ex=ttl)
         await self._sleep(ttl / 3)

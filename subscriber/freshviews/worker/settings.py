@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import socket
 
-from pydantic import Field
+from pydantic import AliasChoices, Field
 from pydantic_settings import SettingsConfigDict
 
 from freshviews.core.settings import RedisSettings
@@ -49,5 +49,10 @@ class SubscriberSettings(RedisSettings):
     #: Port of the Prometheus /metrics endpoint; 0 disables it.
     metrics_port: int = Field(default=9101, ge=0, le=65535)
     metrics_host: str = "127.0.0.1"
+    #: The database whose outbox this subscriber relays (``postgresql://`` or ``sqlite:///``; unset: none). The
+    #: writers relay their own changes after each commit; this relay picks up what one that died left behind.
+    outbox_url: str | None = Field(default=None, validation_alias=AliasChoices("outbox_url", "FRESHVIEWS_OUTBOX_URL"))
+    #: How often the relay looks at the outbox when nothing woke it, seconds.
+    relay_interval: float = Field(default=1.0, gt=0)
     #: Seconds a shutdown waits for the batch in flight before handing it back.
     shutdown_timeout: float = Field(default=10.0, gt=0)
