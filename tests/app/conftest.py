@@ -8,6 +8,8 @@ from pathlib import Path
 import httpx
 import pytest
 from asgi_lifespan import LifespanManager
+from helpers import Log
+from redis.asyncio import Redis
 
 from freshviews.scoreboard.db import Database, open_database
 from freshviews.scoreboard.main import create_app
@@ -62,3 +64,8 @@ async def client(app_settings: AppSettings) -> AsyncIterator[httpx.AsyncClient]:
         httpx.AsyncClient(transport=httpx.ASGITransport(manager.app), base_url="http://test") as http,
     ):
         yield http
+
+
+@pytest.fixture
+def log(db: Database, redis: Redis, redis_url: str) -> Log:
+    return Log(db.engine, redis, redis_url)

@@ -29,7 +29,7 @@ def test_database_url_is_normalised_to_an_async_driver(given: str, expected: str
 
 @pytest.mark.parametrize("bad", ["mysql://u@db/x", "postgresql+psycopg2://u@db/x", "db.sqlite"])
 def test_unsupported_database_url_is_rejected(bad: str) -> None:
-    with pytest.raises(ValidationError, match="DATABASE_URL"):
+    with pytest.raises(ValidationError, match="must start with postgresql://"):
         AppSettings(database_url=bad)
 
 
@@ -46,16 +46,16 @@ def test_environment_names(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("REDIS_URL", "redis://h:1/0")
     monkeypatch.setenv("FRESHVIEWS_PORT", "9123")
     monkeypatch.setenv("APP_SEED_SCORES", "7")
-    monkeypatch.setenv("FRESHVIEWS_PUBLISH_ENABLED", "false")
+    monkeypatch.setenv("APP_CAPTURE", "false")
     settings = AppSettings()
     assert settings.database_url_resolved() == "postgresql+asyncpg://u@h/db"
     assert settings.redis_url == "redis://h:1/0"
-    assert (settings.port, settings.seed_scores, settings.publish_enabled) == (9123, 7, False)
+    assert (settings.port, settings.seed_scores, settings.capture) == (9123, 7, False)
 
 
 def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in [n for n in os.environ if n.startswith("APP_")]:
         monkeypatch.delenv(name)
     settings = AppSettings()
-    assert (settings.host, settings.publish_timeout, settings.max_body_bytes) == ("127.0.0.1", 0.05, 16_384)
+    assert (settings.host, settings.capture, settings.max_body_bytes) == ("127.0.0.1", True, 16_384)
     assert (settings.seed_players, settings.seed_teams, settings.seed_scores) == (5000, 200, 120_000)

@@ -148,12 +148,12 @@ async def test_registry_enumerates_every_key_and_parses_the_examples(db: Databas
     for view in registry.views:
         assert view.example is not None
         assert registry.parse(view.key(view.example)).view is view
-    assert registry.entities == {"score", "player", "team"}
+    assert registry.entities == {"scores", "players", "teams"}
     by_entity = defaultdict(set)
     for view in registry.views:
         for entity in view.entities:
             by_entity[entity].add(view.name)
-    assert by_entity["team"] == {"player", "team"}  # a team name shows nowhere else
+    assert by_entity["teams"] == {"player", "team"}  # a team name shows nowhere else
 
 
 def test_importing_the_views_touches_no_database(tmp_path: Path) -> None:

@@ -101,6 +101,8 @@ class Stack:
         )
         if self.database_url:
             env["DATABASE_URL"] = self.database_url
+            # Subscribers relay what a backend left in the outbox (a backend relays its own after each commit).
+            env["FRESHVIEWS_OUTBOX_URL"] = self.database_url
         env.update(self.extra_env)
         env.update(overrides)
         return env

@@ -7,8 +7,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+from fastapi import Depends, Request
 from prometheus_client import Counter
 from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
@@ -98,3 +99,20 @@ async def database_from_env() -> AsyncIterator[Database]:
         yield db
     finally:
         await db.close()
+
+
+def get_db(request: Request) -> Database:
+    """FastAPI dependency: the :class:`Database` the app's lifespan put in its state as ``db``."""
+    db = getattr(request.state, "db", None)
+    if not isinstance(db, Database):
+        raise RuntimeError("no Database in the app state: yield {'db': Database(...)} from the lifespan")
+    return db
+
+
+async def get_session(db: Annotated[Database, Depends(get_db)]) -> AsyncIterator[AsyncSession]:
+    async with db.sessionmaker() as session:
+        yield session
+
+
+DbDep = Annotated[Database, Depends(get_db)]
+SessionDep = Annotated[AsyncSession, Depends(get_session)]

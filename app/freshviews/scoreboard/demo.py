@@ -63,6 +63,8 @@ async def _demo(settings: AppSettings, *, rate: float, duration: float) -> int:
             **os.environ,
             "REDIS_URL": url,
             "DATABASE_URL": settings.database_url_resolved(),
+            # The subscriber relays what the backend left in the outbox (it relays its own after each commit).
+            "FRESHVIEWS_OUTBOX_URL": settings.database_url_resolved(),
             "FRESHVIEWS_DATA_DIR": str(settings.data_dir.resolve()),
             "FRESHVIEWS_PORT": str(settings.port),
             "FRESHVIEWS_HOST": settings.host,

@@ -9,6 +9,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
@@ -17,13 +18,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from freshviews.core.connections import check_redis, create_redis, redis_url, where
 from freshviews.core.settings import load
-from freshviews.publish.publisher import Publisher
-from freshviews.scoreboard.api import api_router
+from freshviews.outbox import capturing
 from freshviews.scoreboard.dashboard import dashboard_router
 from freshviews.scoreboard.db import open_database
+from freshviews.scoreboard.models import OUTBOX
+from freshviews.scoreboard.naive import naive_router
 from freshviews.scoreboard.seed import ensure_seeded
 from freshviews.scoreboard.settings import AppSettings
 from freshviews.scoreboard.views import registry
+from freshviews.scoreboard.writes import write_router
 from freshviews.serving import Serving, mount
 
 logger = logging.getLogger(__name__)
@@ -46,27 +49,25 @@ def create_app(settings: AppSettings | None = None) -> FastAPI:
             redis = create_redis(url, timeout=settings.redis_timeout)
             stack.push_async_callback(redis.aclose)
             # Refuse to start on what retrying cannot fix (credentials, TLS). A Redis that is merely down is no
-            # reason to refuse writes: they succeed, their publishes fail and are counted, the sweep repairs.
+            # reason to refuse writes: their changes wait in the outbox until the relay can append them.
             problem = await check_redis(redis)
             if problem is not None:
-                logger.warning(
-                    "Redis at %s is not answering (%s); writes go on without publishing", where(redis), problem
-                )
+                logger.warning("Redis at %s is not answering (%s); changes wait in the outbox", where(redis), problem)
             keys = settings.keys
-            publisher = Publisher(
-                redis,
-                keys,
-                maxlen=settings.stream_maxlen,
-                timeout=settings.publish_timeout,
-                enabled=settings.publish_enabled,
-            )
-            serving = await stack.enter_async_context(Serving(redis=redis, keys=keys, settings=settings))
+            relay = None
+            if settings.capture:
+                relay = await stack.enter_async_context(
+                    capturing(
+                        db.sessionmaker, registry, redis=redis, settings=settings, table=OUTBOX, relay=settings.relay
+                    )
+                )
+            serving = await stack.enter_async_context(Serving(redis=redis, settings=settings))
             logger.info("scoreboard backend ready (database %s, change log %s)", db.dialect, keys.changes)
             yield {
                 "db": db,
                 "redis": redis,
                 "keys": keys,
-                "publisher": publisher,
+                "relay": relay,
                 "serving": serving,
                 "registry": registry,
                 "settings": settings,
@@ -74,9 +75,11 @@ def create_app(settings: AppSettings | None = None) -> FastAPI:
 
     app = FastAPI(title="freshviews scoreboard", lifespan=lifespan)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(IntegrityError, _conflict)
     app.add_exception_handler(DBAPIError, _database_unavailable)
-    app.include_router(api_router())
+    app.include_router(write_router())
+    app.include_router(naive_router())
     # The cache routes, and hot keys answered from process memory before routing (the same answer the route gives).
     mount(app, registry)
     app.include_router(dashboard_router())
@@ -110,6 +113,24 @@ async def _check(probe: Awaitable[Any], errors: type[Exception]) -> str:
         logger.warning("health check failed: %s: %s", type(exc).__name__, exc)
         return f"error: {type(exc).__name__}: {exc}"[:300]
     return "ok"
+
+
+async def _invalid_request(_request: Request, exc: Exception) -> JSONResponse:
+    """422 with where and why, but never the input itself: FastAPI's own handler echoes it, and an input JSON cannot
+    carry back (an infinite number, a lone surrogate) turned a client's mistake into a 500."""
+    errors = exc.errors() if isinstance(exc, RequestValidationError) else []
+    detail = [
+        {"loc": [_printable(part) for part in error.get("loc", ())], "msg": _printable(error.get("msg", "")),
+         "type": _printable(error.get("type", ""))}
+        for error in errors[:20]
+    ]  # fmt: skip
+    return JSONResponse({"detail": detail or "invalid request"}, status_code=422)
+
+
+def _printable(value: Any) -> Any:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    return str(value).encode("utf-8", "replace").decode("utf-8")[:200]
 
 
 async def _conflict(_request: Request, exc: Exception) -> JSONResponse:

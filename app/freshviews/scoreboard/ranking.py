@@ -1,27 +1,27 @@
-"""How totals and ranks are counted, in SQL, by the views and by the change -> keys mapping alike."""
+"""How ranks are counted, by the views and by the rank shifts alike.
+
+Ranks are competition ranks within a region: 1 + the number of players there with a strictly higher total, so
+players with equal totals share a rank. A player page shows its rank only within the region's top ``RANKED``
+(null below, as game scoreboards do), which keeps the pages a score moves to the few whose shown rank changed.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, func, select
-
-from freshviews.scoreboard.models import Player, Score
-
-#: A player page shows the player's rank in the region only within its top RANKED (read at call time, as
-#: ``ranking.RANKED``, so that tests can shrink it).
+#: Read at call time, as ``ranking.RANKED``, so that tests can shrink it.
 RANKED = 100
 
 
-def total_points() -> ColumnElement[int]:
-    """A player's total: the sum of their scores, 0 without any."""
-    return func.coalesce(func.sum(Score.points), 0)
+def competition_ranks(totals: Sequence[Any]) -> list[int]:
+    """The rank of each of ``totals``, which are in descending order: ties share the rank of the first of them."""
+    ranks: list[int] = []
+    for index, total in enumerate(totals):
+        ranks.append(ranks[-1] if ranks and totals[index - 1] == total else index + 1)
+    return ranks
 
 
-def totals_by_player() -> Any:  # a Select, whose type parameters differ between SQLAlchemy 2.0 and 2.1
-    # Outer join: a player without scores has a total of 0 and still counts for ranks.
-    return (
-        select(Player.id, Player.name, Player.region, total_points().label("total"), func.count(Score.id))
-        .outerjoin(Score, Score.player_id == Player.id)
-        .group_by(Player.id, Player.name, Player.region)
-    )
+def shown(higher: int) -> int | None:
+    """The rank a player page shows for a player with ``higher`` players above it in its region."""
+    return higher + 1 if higher < RANKED else None

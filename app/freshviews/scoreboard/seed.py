@@ -82,6 +82,10 @@ async def seed_database(db: Database, *, players: int, teams: int, scores: int, 
     team_rows = [{"id": i, "name": _team_name(rng, i)} for i in range(1, teams + 1)]
     player_rows, weights, skills = _players(rng, players, teams)
     score_rows = _scores(rng, scores, weights, skills)
+    for row in score_rows:  # the totals the write routes keep, as if every score had come through them
+        player = player_rows[row["player_id"] - 1]
+        player["total"] += row["points"]
+        player["score_count"] += 1
     async with db.engine.begin() as conn:
         for model, rows in ((Team, team_rows), (Player, player_rows), (Score, score_rows)):
             for chunk in _chunks(rows, _CHUNK):
@@ -116,6 +120,8 @@ def _players(rng: random.Random, count: int, teams: int) -> tuple[list[dict[str,
                 # About one player in ten plays solo.
                 "team_id": rng.randint(1, teams) if teams and rng.random() > 0.1 else None,
                 "created_at": _EPOCH + timedelta(seconds=rng.uniform(0, 60 * 86_400)),
+                "total": 0,
+                "score_count": 0,
             }
         )
         # How often a player plays, and how well: both long-tailed, so totals spread out and ranks mean something.

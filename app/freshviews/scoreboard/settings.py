@@ -6,16 +6,8 @@ from __future__ import annotations
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
+from freshviews.outbox import async_url
 from freshviews.serving.settings import ServingSettings
-
-#: What a user may write in DATABASE_URL, and the async driver URL SQLAlchemy gets instead.
-_SCHEMES = {
-    "postgresql://": "postgresql+asyncpg://",
-    "postgres://": "postgresql+asyncpg://",
-    "postgresql+asyncpg://": "postgresql+asyncpg://",
-    "sqlite://": "sqlite+aiosqlite://",
-    "sqlite+aiosqlite://": "sqlite+aiosqlite://",
-}
 
 
 def _app(name: str) -> AliasChoices:
@@ -33,9 +25,12 @@ class AppSettings(ServingSettings):
 
     #: ``postgresql://...`` or ``sqlite:///path``; None means the SQLite file ``<data_dir>/scoreboard.db``.
     database_url: str | None = Field(default=None, validation_alias=AliasChoices("database_url", "DATABASE_URL"))
-    #: The longest a write waits for the change log, seconds (a slower publish is dropped and swept later).
-    publish_timeout: float = Field(default=0.05, gt=0)
-    publish_enabled: bool = True
+    #: Capture every write's changes in its transaction (off: writes reach the cache only through the sweep, the
+    #: timed warmer the benchmarks compare against).
+    capture: bool = Field(default=True, validation_alias=_app("capture"))
+    #: Relay the captured changes in this process right after each commit (off: the subscriber's relay moves
+    #: them, up to SUBSCRIBER_RELAY_INTERVAL later, or at once on PostgreSQL).
+    relay: bool = Field(default=True, validation_alias=_app("relay"))
     #: Larger request bodies are rejected with 413 before the app reads them.
     max_body_bytes: int = Field(default=16_384, ge=1, validation_alias=_app("max_body_bytes"))
     seed_players: int = Field(default=5000, ge=0, validation_alias=_app("seed_players"))
@@ -47,11 +42,7 @@ class AppSettings(ServingSettings):
     def _normalise_database_url(cls, value: str | None) -> str | None:
         if value is None or not value.strip():
             return None
-        value = value.strip()
-        for scheme, driver in _SCHEMES.items():
-            if value.startswith(scheme):
-                return driver + value[len(scheme) :]
-        raise ValueError("DATABASE_URL must start with postgresql://, postgres:// or sqlite:///")
+        return async_url(value)
 
     def database_url_resolved(self) -> str:
         """The SQLAlchemy async URL to open: ``database_url``, or the default SQLite file under ``data_dir``."""

@@ -1,16 +1,14 @@
-"""The scoreboard's cached views: what each computes, how to list every key, and the registry of them all.
+"""The scoreboard's cached views: what each computes, what it depends on, and the registry of them all.
 
 The same compute functions serve the naive ``/api`` read routes and the subscriber, so the cached bytes are
 exactly what the backend would have answered. Importing this module touches no database: the subscriber opens
-one through ``registry.open_context()`` (:func:`app.db.database_from_env`).
+one through ``registry.open_context()`` (:func:`freshviews.scoreboard.db.database_from_env`).
 
-Ranks are competition ranks within a region: 1 + the number of players there with a strictly higher total.
-A change to one player's total moves the rank of every player whose total lies between the old and the new
-one: with 5000 players that is ~50 player pages per ordinary score, which on the seeded SQLite database kept
-the subscriber a minute behind at 5 writes/s. So a player page shows its rank only within the region's top
-``RANKED`` (null below, as game scoreboards do; :mod:`app.ranking`), and ``affected`` (:mod:`app.affected`)
-returns exactly the pages whose shown rank moved: the player itself, plus the window of moved ranks cut at the
-top ``RANKED`` + 1.
+Which keys a change affects is declared with each view (``depends_on``): a player row names its own page, its
+region's leaderboard and its team's page (before and after the change, so a move refreshes both sides); a score
+row names its player's page. Two effects across rows need code, in :mod:`freshviews.scoreboard.effects`: a
+changed total moves the shown rank of other players of the region, and a renamed team is shown on its members'
+pages.
 """
 
 from __future__ import annotations
@@ -22,12 +20,11 @@ from typing import Any
 from pydantic import BaseModel
 from sqlalchemy import func, select
 
-from freshviews.core.views import MISSING, Choice, Int, Missing, Params, Registry, View
+from freshviews.core import MISSING, Choice, Int, Missing, On, Params, Registry, View
 from freshviews.scoreboard import ranking
-from freshviews.scoreboard.affected import affected_global, affected_leaderboard, affected_player, affected_team
 from freshviews.scoreboard.db import Database, database_from_env
+from freshviews.scoreboard.effects import player_pages
 from freshviews.scoreboard.models import REGIONS, Player, Score, Team, as_utc
-from freshviews.scoreboard.ranking import total_points, totals_by_player
 
 LEADERBOARD_SIZE = 50
 TOP_SIZE = 10
@@ -98,35 +95,42 @@ class TeamDetail(BaseModel):
     members: list[TeamMember]
 
 
+_RANKED_COLUMNS = (Player.id, Player.name, Player.region, Player.total, Player.score_count)
+
+
 def _ranked(rows: Sequence[Sequence[Any]]) -> list[Ranked]:
     """Rows ordered by total descending (and id), ranked so ties share a rank, as the player view counts them."""
-    out: list[Ranked] = []
-    for index, (player_id, name, region, total, scores) in enumerate(rows):
-        rank = out[-1].rank if out and out[-1].total == total else index + 1
-        out.append(Ranked(rank=rank, id=player_id, name=name, region=region, total=total, scores=scores))
-    return out
+    ranks = ranking.competition_ranks([row[3] for row in rows])
+    return [
+        Ranked(rank=rank, id=i, name=name, region=region, total=total, scores=scores)
+        for rank, (i, name, region, total, scores) in zip(ranks, rows, strict=True)
+    ]
 
 
 async def compute_stats_global(db: Database) -> GlobalStats:
     """Counts and sums over everything, per region, and the global top 10: the heaviest view."""
     async with db.sessionmaker() as session:
-        players = await session.scalar(select(func.count()).select_from(Player)) or 0
-        scores, points = (await session.execute(select(func.count(Score.id), total_points()))).one()
-        per_region: dict[str, int] = dict.fromkeys(REGIONS, 0)
-        for region, count in await session.execute(select(Player.region, func.count()).group_by(Player.region)):
-            per_region[region] = count
-        by_region = (
-            select(Player.region, total_points()).join(Score, Score.player_id == Player.id).group_by(Player.region)
-        )
-        points_by_region: dict[str, int] = {region: total for region, total in await session.execute(by_region)}
+        players, scores, points = (
+            await session.execute(
+                select(
+                    func.count(),
+                    func.coalesce(func.sum(Player.score_count), 0),
+                    func.coalesce(func.sum(Player.total), 0),
+                )
+            )
+        ).one()
+        per_region: dict[str, tuple[int, int]] = {region: (0, 0) for region in REGIONS}
+        grouped = select(Player.region, func.count(), func.coalesce(func.sum(Player.total), 0)).group_by(Player.region)
+        for region, count, total in await session.execute(grouped):
+            per_region[region] = (count, total)
         top = (
-            await session.execute(totals_by_player().order_by(total_points().desc(), Player.id).limit(TOP_SIZE))
+            await session.execute(select(*_RANKED_COLUMNS).order_by(Player.total.desc(), Player.id).limit(TOP_SIZE))
         ).all()
     return GlobalStats(
         players=players,
         scores=scores,
         points=points,
-        regions=[RegionTotals(region=r, players=n, points=points_by_region.get(r, 0)) for r, n in per_region.items()],
+        regions=[RegionTotals(region=r, players=n, points=p) for r, (n, p) in per_region.items()],
         top=_ranked(top),
     )
 
@@ -137,9 +141,9 @@ async def compute_leaderboard(db: Database, *, region: str) -> Leaderboard:
         players = await session.scalar(select(func.count()).select_from(Player).where(Player.region == region))
         rows = (
             await session.execute(
-                totals_by_player()
+                select(*_RANKED_COLUMNS)
                 .where(Player.region == region)
-                .order_by(total_points().desc(), Player.id)
+                .order_by(Player.total.desc(), Player.id)
                 .limit(LEADERBOARD_SIZE)
             )
         ).all()
@@ -157,9 +161,6 @@ async def compute_player(db: Database, *, player_id: int) -> PlayerDetail | Miss
         if found is None:
             return MISSING
         player, team_name = found
-        total, count = (
-            await session.execute(select(total_points(), func.count(Score.id)).where(Score.player_id == player_id))
-        ).one()
         recent = (
             await session.execute(
                 select(Score.id, Score.points, Score.created_at)
@@ -168,10 +169,8 @@ async def compute_player(db: Database, *, player_id: int) -> PlayerDetail | Miss
                 .limit(RECENT_SIZE)
             )
         ).all()
-        # A correlated sum per player of the region beats GROUP BY here: no temporary b-tree to group in.
-        player_total = select(total_points()).where(Score.player_id == Player.id).correlate(Player).scalar_subquery()
         higher = await session.scalar(
-            select(func.count()).select_from(Player).where(Player.region == player.region, player_total > total)
+            select(func.count()).select_from(Player).where(Player.region == player.region, Player.total > player.total)
         )
     return PlayerDetail(
         id=player.id,
@@ -180,9 +179,9 @@ async def compute_player(db: Database, *, player_id: int) -> PlayerDetail | Miss
         team_id=player.team_id,
         team_name=team_name,
         created_at=as_utc(player.created_at),
-        total=total,
-        scores=count,
-        rank=(higher or 0) + 1 if (higher or 0) < ranking.RANKED else None,
+        total=player.total,
+        scores=player.score_count,
+        rank=ranking.shown(higher or 0),
         recent=[ScoreLine(id=i, points=p, created_at=as_utc(at)) for i, p, at in recent],
     )
 
@@ -195,7 +194,7 @@ async def compute_team(db: Database, *, team_id: int) -> TeamDetail | Missing:
             return MISSING
         rows = (
             await session.execute(
-                totals_by_player().where(Player.team_id == team_id).order_by(total_points().desc(), Player.id)
+                select(*_RANKED_COLUMNS).where(Player.team_id == team_id).order_by(Player.total.desc(), Player.id)
             )
         ).all()
     members = [TeamMember(id=i, name=n, region=r, total=t, scores=c) for i, n, r, t, c in rows]
@@ -225,35 +224,37 @@ registry: Registry[Database] = Registry(
         View(
             "stats/global",
             compute=compute_stats_global,
-            affected=affected_global,
             enumerate=_one_global,
-            entities=frozenset({"score", "player"}),
+            # Every score write also moves its player's total and count, so the player rows are enough.
+            depends_on=[On("players")],
             example={},
         ),
         View(
             "leaderboard/{region}",
             compute=compute_leaderboard,
-            affected=affected_leaderboard,
             enumerate=_every_region,
-            entities=frozenset({"score", "player"}),
+            depends_on=[On("players", region="region")],
             params={"region": Choice(REGIONS)},
             example={"region": "eu"},
         ),
         View(
             "player/{player_id}",
             compute=compute_player,
-            affected=affected_player,
             enumerate=_all_players,
-            entities=frozenset({"score", "player", "team"}),
+            depends_on=[
+                On("players", player_id="id", columns=("region", "total")),
+                On("scores", player_id="player_id"),
+                On("teams"),
+            ],
+            affected=player_pages,
             params={"player_id": Int(minimum=1)},
             example={"player_id": 1},
         ),
         View(
             "team/{team_id}",
             compute=compute_team,
-            affected=affected_team,
             enumerate=_all_teams,
-            entities=frozenset({"team", "player", "score"}),
+            depends_on=[On("teams", team_id="id"), On("players", team_id="team_id")],
             params={"team_id": Int(minimum=1)},
             example={"team_id": 1},
         ),
