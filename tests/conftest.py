@@ -11,8 +11,11 @@ import os
 import secrets
 import shutil
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import AsyncIterator, Coroutine, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
@@ -26,6 +29,7 @@ from freshviews.core.keys import Keys
 T = TypeVar("T")
 
 DEFAULT_TEST_POSTGRES_DSN = "postgresql://root@127.0.0.1:5432/postgres"
+REPO = Path(__file__).resolve().parents[1]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -93,6 +97,19 @@ async def redis(redis_url: str) -> AsyncIterator[Redis]:
         yield client
     finally:
         await client.aclose()
+
+
+@pytest.fixture(scope="session")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The distribution built from this checkout, as ``pip install .`` would build it."""
+    out = tmp_path_factory.mktemp("dist")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out), str(REPO)],
+        check=True,
+        timeout=300,
+    )
+    (built,) = out.glob("freshviews-*.whl")
+    return built
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ import argparse
 import os
 from collections.abc import Sequence
 
-from freshviews.core.commands import run_guarded
+from freshviews.core.commands import importable_from_here, run_guarded
 from freshviews.core.logs import configure
 from freshviews.core.settings import ConfigError, load
 from freshviews.worker.cli import add_commands as add_worker_commands
@@ -80,6 +80,7 @@ def serve_command(args: argparse.Namespace) -> int:
 
     if not args.app or ":" not in args.app:
         raise ConfigError("name the app to serve as module:attribute, e.g. freshviews serve myapp.main:app")
+    importable_from_here()
     overrides = {name: value for name, value in (("host", args.host), ("port", args.port)) if value is not None}
     settings = load(ServingSettings, **overrides)
     workers = args.workers or int(os.environ.get("WEB_CONCURRENCY", "1"))

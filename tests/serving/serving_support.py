@@ -58,7 +58,7 @@ def build_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         redis = create_redis(redis_url, timeout=redis_timeout)
         try:
-            async with Serving(redis=redis, keys=Keys(), settings=settings) as serving:
+            async with Serving(redis=redis, settings=settings) as serving:
                 app.state.serving = serving
                 yield {"serving": serving}
         finally:

@@ -108,7 +108,7 @@ async def test_a_cluster_node_answering_moved_fails_health_as_it_fails_reads(clu
     async with node_owning_no_slot(cluster_ports) as url:
         redis = create_redis(url, timeout=2.0)
         try:
-            async with Serving(redis=redis, keys=Keys(), settings=ServingSettings(**FAST)) as serving:
+            async with Serving(redis=redis, settings=ServingSettings(**FAST)) as serving:
                 assert await redis.ping()  # what /healthz used to check
                 with pytest.raises(CacheUnavailableError):
                     await serving.read(["item/1"], wait=False)

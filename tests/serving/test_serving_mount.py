@@ -33,7 +33,7 @@ def _forgetful_app(redis_url: str) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         redis = create_redis(redis_url)
         try:
-            async with Serving(redis=redis, keys=Keys(), settings=ServingSettings(**FAST)):
+            async with Serving(redis=redis, settings=ServingSettings(**FAST)):
                 yield
         finally:
             await redis.aclose()

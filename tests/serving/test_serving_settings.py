@@ -6,7 +6,6 @@ import pytest
 from pydantic import ValidationError
 from redis.asyncio import Redis
 
-from freshviews.core.keys import Keys
 from freshviews.scoreboard.settings import AppSettings
 from freshviews.serving import Serving, ServingSettings
 
@@ -33,7 +32,7 @@ async def test_more_concurrent_reads_than_the_pool_has_connections_is_refused() 
     client = Redis.from_url("redis://127.0.0.1:1/0", max_connections=20)
     try:
         with pytest.raises(ValueError, match="max_connections"):
-            Serving(redis=client, keys=Keys(), settings=ServingSettings(cache_redis_concurrency=20))
-        Serving(redis=client, keys=Keys(), settings=ServingSettings(cache_redis_concurrency=19))
+            Serving(redis=client, settings=ServingSettings(cache_redis_concurrency=20))
+        Serving(redis=client, settings=ServingSettings(cache_redis_concurrency=19))
     finally:
         await client.aclose()

@@ -4,7 +4,7 @@
 
     @asynccontextmanager
     async def lifespan(app):
-        async with Serving(redis=redis, keys=Keys(), settings=ServingSettings()) as serving:
+        async with Serving(redis=redis, settings=ServingSettings()) as serving:
             yield {"serving": serving}
 
     app = FastAPI(lifespan=lifespan)

@@ -7,7 +7,7 @@ to start without it)::
     @asynccontextmanager
     async def lifespan(app):
         redis = create_redis(url)
-        async with Serving(redis=redis, keys=Keys(), settings=ServingSettings()) as serving:
+        async with Serving(redis=redis, settings=ServingSettings()) as serving:
             yield {"serving": serving}
         await redis.aclose()
 
@@ -37,7 +37,6 @@ from fastapi.responses import Response
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from freshviews.core.keys import Keys
 from freshviews.core.logs import ensure_handler
 from freshviews.core.views import ViewKey
 from freshviews.serving.answers import answer_of, error, etag_matches, etag_of, not_modified
@@ -78,7 +77,10 @@ class Serving:
     it; leaving stops it and cancels the reads and refreshes in flight.
     """
 
-    def __init__(self, *, redis: Redis, keys: Keys, settings: ServingSettings) -> None:
+    def __init__(self, *, redis: Redis, settings: ServingSettings) -> None:
+        """``redis`` is the app's client (its pool also serves the update subscription); ``settings`` names the
+        keys (``FRESHVIEWS_KEY_PREFIX``) and the read side's limits."""
+        keys = settings.keys
         pool_size = redis.connection_pool.max_connections
         if settings.cache_redis_concurrency >= pool_size:
             raise ValueError(

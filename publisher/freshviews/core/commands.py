@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -20,6 +21,14 @@ def run_guarded(command: Callable[[argparse.Namespace], int], args: argparse.Nam
         return 2
     except KeyboardInterrupt:
         return 130
+
+
+def importable_from_here() -> None:
+    """Let ``module:attribute`` names resolve from the working directory, as ``python -m`` and uvicorn's CLI let
+    them (a console script's own folder is what Python puts first on its path)."""
+    here = os.getcwd()
+    if here not in sys.path:
+        sys.path.insert(0, here)
 
 
 def stop_on_signals(stop: Callable[[], None]) -> None:
