@@ -10,11 +10,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import free_port
 from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
 from freshviews.core.embedded import EmbeddedRedis, find_redis_server, ping
+from tests.support.helpers import free_port
 
 
 @pytest.fixture

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers import free_port
+
+from tests.support.helpers import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text()

@@ -8,13 +8,13 @@ from pathlib import Path
 import httpx
 import pytest
 from asgi_lifespan import LifespanManager
-from helpers import Log
 from redis.asyncio import Redis
 
 from freshviews.scoreboard.db import Database, open_database
 from freshviews.scoreboard.main import create_app
 from freshviews.scoreboard.seed import ensure_seeded
 from freshviews.scoreboard.settings import AppSettings
+from tests.support.changes import Log
 
 # Small enough to seed in well under a second, big enough that every region and team has players.
 SMALL = {"seed_players": 60, "seed_teams": 6, "seed_scores": 600}

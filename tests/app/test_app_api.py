@@ -10,7 +10,6 @@ from typing import Any
 import httpx
 import pytest
 from asgi_lifespan import LifespanManager
-from helpers import Log, free_port
 from redis.asyncio import Redis
 from sqlalchemy import func, select
 
@@ -21,6 +20,8 @@ from freshviews.scoreboard.main import create_app
 from freshviews.scoreboard.models import OUTBOX, Player, Score
 from freshviews.scoreboard.settings import AppSettings
 from freshviews.scoreboard.views import PlayerDetail, compute_leaderboard, compute_player, compute_stats_global
+from tests.support.changes import Log
+from tests.support.helpers import free_port
 
 CHANGES = Keys().changes
 

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers import free_port
 from redis import Redis
+
+from tests.support.helpers import free_port
 
 
 def env_for(tmp_path: Path, redis_url: str, **extra: str) -> dict[str, str]:

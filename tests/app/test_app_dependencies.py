@@ -12,7 +12,6 @@ from typing import Any
 
 import httpx
 import pytest
-from helpers import Log
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -21,6 +20,7 @@ from freshviews.scoreboard import ranking
 from freshviews.scoreboard.db import Database
 from freshviews.scoreboard.models import REGIONS
 from freshviews.scoreboard.views import Leaderboard, PlayerDetail, compute_leaderboard, compute_player, registry
+from tests.support.changes import Log
 
 GONE = "<missing>"
 

@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 import uvicorn
-from helpers import free_port, wait_until
 from redis.asyncio import Redis
 from sqlalchemy import text
 
@@ -20,6 +19,7 @@ from freshviews.scoreboard.main import create_app
 from freshviews.scoreboard.models import OUTBOX
 from freshviews.scoreboard.settings import AppSettings
 from freshviews.scoreboard.simulate import _Pool, simulate
+from tests.support.helpers import free_port, wait_until
 
 
 @pytest.fixture

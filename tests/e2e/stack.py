@@ -11,12 +11,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-from helpers import free_port
 
 from freshviews.core.embedded import EmbeddedRedis
 from freshviews.scoreboard.db import open_database
 from freshviews.scoreboard.demo import BACKEND, SUBSCRIBER
 from freshviews.scoreboard.views import registry
+from tests.support.helpers import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 

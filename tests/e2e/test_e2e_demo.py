@@ -13,9 +13,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers import free_port
 
 from freshviews.core.embedded import ping
+from tests.support.helpers import free_port
 
 pytestmark = pytest.mark.slow
 

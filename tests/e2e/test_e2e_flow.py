@@ -10,10 +10,11 @@ import time
 
 import httpx
 import pytest
-from helpers import wait_until
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 from stack import Stack, live_keys, metric, stale_keys
+
+from tests.support.helpers import wait_until
 
 pytestmark = pytest.mark.slow
 

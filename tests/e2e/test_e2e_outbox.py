@@ -17,7 +17,6 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from helpers import wait_until
 from redis.asyncio import Redis
 from sqlalchemy import text
 from stack import Stack, live_keys, metric, stale_keys
@@ -29,6 +28,7 @@ from freshviews.outbox import capturing, outbox_status
 from freshviews.scoreboard.db import open_database
 from freshviews.scoreboard.models import OUTBOX, Player, Score
 from freshviews.scoreboard.views import registry
+from tests.support.helpers import wait_until
 
 pytestmark = pytest.mark.slow
 

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers import free_port
 from playwright.sync_api import Browser, Page, Request, Route, sync_playwright
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from stack import Process, Stack, wait_http
 
 from freshviews.scoreboard.demo import BACKEND
+from tests.support.helpers import free_port
 
 pytestmark = pytest.mark.slow
 

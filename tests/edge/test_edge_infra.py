@@ -21,8 +21,6 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from edge_support import INFRA, NGINX_PLACEHOLDERS, NGINX_TEMPLATE, REPO, placeholders
-from helpers import free_port
 from pydantic_settings import BaseSettings
 from stack import Stack
 
@@ -30,6 +28,8 @@ from freshviews.core.views import Registry
 from freshviews.scoreboard.settings import AppSettings
 from freshviews.worker.cli import load_registry
 from freshviews.worker.settings import SubscriberSettings
+from tests.edge.edge_support import INFRA, NGINX_PLACEHOLDERS, NGINX_TEMPLATE, REPO, placeholders
+from tests.support.helpers import free_port
 
 COMPOSE_FILE = INFRA / "docker-compose.yml"
 DOCKERFILE = INFRA / "Dockerfile"

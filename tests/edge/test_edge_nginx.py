@@ -12,9 +12,10 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from edge_support import Event, Nginx, sse_events
-from helpers import free_port
 from stack import Stack
+
+from tests.edge.edge_support import Event, Nginx, sse_events
+from tests.support.helpers import free_port
 
 pytestmark = pytest.mark.slow
 

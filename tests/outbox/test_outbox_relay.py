@@ -6,7 +6,6 @@ import asyncio
 import time
 
 import pytest
-from helpers import free_port, wait_until
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sqlalchemy import insert, select
@@ -16,6 +15,7 @@ from freshviews.core import Change, Keys, Operation, RedisSettings
 from freshviews.core.connections import create_redis
 from freshviews.core.events import decode
 from freshviews.outbox import Relay, capturing
+from tests.support.helpers import free_port, wait_until
 
 from .conftest import OUTBOX, REGISTRY, Item
 

@@ -8,12 +8,12 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from kv_views import ROWS, Source
-from kv_world import KEYS, World
 from redis.asyncio import Redis
 
 from freshviews.core.embedded import EmbeddedRedis
 from freshviews.publish.publisher import Publisher
+from tests.reliability.kv_views import ROWS, Source
+from tests.reliability.kv_world import KEYS, World
 
 
 @pytest.fixture

@@ -15,8 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-from helpers import free_port, wait_until
-from kv_views import ROWS, Source, render
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from stack import Process, wait_http
@@ -24,6 +22,8 @@ from stack import Process, wait_http
 from freshviews.core.events import Change, Operation
 from freshviews.core.keys import DATA, VERSION, Keys
 from freshviews.publish.publisher import Publisher
+from tests.reliability.kv_views import ROWS, Source, render
+from tests.support.helpers import free_port, wait_until
 
 HERE = Path(__file__).resolve().parent
 RECLAIM_IDLE_MS = 1000

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers import free_port
 from redis.asyncio import Redis
 from stack import Stack, live_keys, stale_keys
+
+from tests.support.helpers import free_port
 
 pytestmark = pytest.mark.slow
 

@@ -8,12 +8,12 @@ import signal
 import time
 
 import pytest
-from helpers import wait_until
-from kv_views import ROWS
-from kv_world import KEYS, RECLAIM_IDLE_MS, World, converged, shows
 from stack import metric
 
 from freshviews.core.keys import DATA
+from tests.reliability.kv_views import ROWS
+from tests.reliability.kv_world import KEYS, RECLAIM_IDLE_MS, World, converged, shows
+from tests.support.helpers import wait_until
 
 pytestmark = pytest.mark.slow
 

@@ -9,15 +9,15 @@ import random
 import time
 
 import pytest
-from helpers import wait_until
-from kv_views import ROWS, Source, render
-from kv_world import KEYS, World, converged, shows, warmed
 from stack import metric
 
 from freshviews.core.embedded import EmbeddedRedis
 from freshviews.core.events import Change, Operation
 from freshviews.core.keys import DATA
 from freshviews.publish.publisher import Publisher
+from tests.reliability.kv_views import ROWS, Source, render
+from tests.reliability.kv_world import KEYS, World, converged, shows, warmed
+from tests.support.helpers import wait_until
 
 pytestmark = pytest.mark.slow
 

@@ -11,9 +11,10 @@ import time
 from collections.abc import AsyncIterator
 
 import pytest
-from faultproxy import FaultProxy
-from helpers import wait_until
-from kv_world import World, converged, shows, warmed
+
+from tests.reliability.faultproxy import FaultProxy
+from tests.reliability.kv_world import World, converged, shows, warmed
+from tests.support.helpers import wait_until
 
 pytestmark = pytest.mark.slow
 

@@ -15,13 +15,13 @@ import statistics
 import httpx
 import pytest
 from asgi_lifespan import LifespanManager
-from kv_views import ROWS, registry
 from redis.asyncio import Redis
 from serving_support import build_app
 
 from freshviews.core.keys import Keys
 from freshviews.serving.runtime import ServingSettings
 from freshviews.worker.store import CacheStore, PendingWrite
+from tests.reliability.kv_views import ROWS, registry
 
 pytestmark = pytest.mark.slow
 

@@ -15,7 +15,6 @@ from typing import Any
 import httpx
 import uvicorn
 from fastapi import FastAPI
-from helpers import free_port, wait_until
 from redis.asyncio import Redis
 
 from freshviews.core.connections import create_redis
@@ -25,6 +24,7 @@ from freshviews.serving import Serving, ServingSettings, cache_router, mount
 from freshviews.serving.listen import listening_socket, log_config
 from freshviews.worker.service import Subscriber
 from freshviews.worker.store import CacheStore, PendingWrite
+from tests.support.helpers import free_port, wait_until
 
 #: Short waits so that the tests of misses and timeouts stay fast.
 FAST = {"cache_miss_wait": 0.3, "cache_min_version_wait": 1.0, "cache_redis_timeout": 0.5}

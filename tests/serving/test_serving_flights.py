@@ -7,9 +7,9 @@ import asyncio
 from collections.abc import Sequence
 
 import pytest
-from helpers import wait_until
 
 from freshviews.serving.flights import Flights
+from tests.support.helpers import wait_until
 
 
 class Work:

@@ -14,7 +14,6 @@ from pathlib import Path
 import httpx
 import pytest
 from asgi_lifespan import LifespanManager
-from helpers import free_port, wait_until
 from redis.asyncio import Redis
 from redis.exceptions import MovedError, RedisError, ResponseError
 from serving_support import FAST, OpenClient, RedisProxy, put, serving_of
@@ -26,6 +25,7 @@ from freshviews.scoreboard.main import create_app
 from freshviews.scoreboard.settings import AppSettings
 from freshviews.serving import Serving, ServingSettings
 from freshviews.serving.runtime import CacheUnavailableError
+from tests.support.helpers import free_port, wait_until
 
 #: How long Redis Cluster's gossip may take to tell one node which node owns the slots (set-up, not product).
 GOSSIP = 10.0

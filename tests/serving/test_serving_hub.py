@@ -7,13 +7,13 @@ import contextlib
 from collections.abc import AsyncIterator
 
 import pytest
-from helpers import wait_until
 from redis.asyncio import Redis
 from serving_support import put
 
 from freshviews.core.keys import Keys
 from freshviews.serving.hub import Mailbox, UpdateHub
 from freshviews.serving.snapshots import Snapshot
+from tests.support.helpers import wait_until
 
 
 @contextlib.asynccontextmanager

@@ -6,10 +6,10 @@ from __future__ import annotations
 import socket
 
 import uvicorn
-from helpers import free_port
 
 from freshviews.serving import ServingSettings
 from freshviews.serving.listen import listening_socket
+from tests.support.helpers import free_port
 
 
 def _accepted(settings: ServingSettings) -> tuple[socket.socket, socket.socket, socket.socket]:

@@ -10,13 +10,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
-from helpers import wait_until
 from redis.asyncio import Redis
 from serving_support import OpenClient, put, serving_of
 
 from freshviews.core.keys import Keys
 from freshviews.serving import Snapshot
 from freshviews.serving.memory import Memory
+from tests.support.helpers import wait_until
 
 
 async def _redis_reads(redis: Redis, names: Sequence[str] = ("hget", "hmget")) -> int:

@@ -7,7 +7,6 @@ import json
 
 import pytest
 from fastapi import FastAPI
-from helpers import wait_until
 from redis.asyncio import Redis
 from serving_support import OpenClient, StartSubscriber, put, serving_of
 from serving_views import World
@@ -17,6 +16,7 @@ from freshviews.core.keys import Keys
 from freshviews.publish.publisher import Publisher
 from freshviews.serving.routes import parse_min_version
 from freshviews.worker.store import CacheStore, PendingWrite
+from tests.support.helpers import wait_until
 
 #: How long a read waits for its version here (cache_min_version_wait): the promise the waits below rely on.
 WAIT = 3.0

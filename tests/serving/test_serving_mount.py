@@ -14,7 +14,6 @@ import pytest
 import uvicorn
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
-from helpers import free_port
 from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 from serving_support import FAST, build_app, put
@@ -24,6 +23,7 @@ from starlette.types import ASGIApp, Message
 from freshviews.core.connections import create_redis
 from freshviews.core.keys import Keys
 from freshviews.serving import Serving, ServingSettings, mount
+from tests.support.helpers import free_port
 
 
 def _forgetful_app(redis_url: str) -> FastAPI:

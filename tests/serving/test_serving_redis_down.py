@@ -9,7 +9,6 @@ from pathlib import Path
 import httpx
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
-from helpers import wait_until
 from redis.asyncio import Redis
 from serving_support import OpenClient, RedisProxy, put, serving_of
 
@@ -17,6 +16,7 @@ from freshviews.core.embedded import EmbeddedRedis
 from freshviews.core.keys import Keys
 from freshviews.scoreboard.main import create_app
 from freshviews.scoreboard.settings import AppSettings
+from tests.support.helpers import wait_until
 
 READS = [
     ("/cache/item/1", {}),

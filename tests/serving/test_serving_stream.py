@@ -14,7 +14,6 @@ from typing import Any
 
 import httpx
 import pytest
-from helpers import wait_until
 from redis.asyncio import Redis
 from serving_support import SSEReader, build_app, live_server, put
 from serving_views import registry
@@ -23,6 +22,7 @@ from freshviews.core.embedded import EmbeddedRedis
 from freshviews.core.keys import Keys
 from freshviews.serving import Serving, ServingSettings, Snapshot
 from freshviews.serving.stream import RecentEvents, encode_event
+from tests.support.helpers import wait_until
 
 ODD_BYTES = b'{ "z" : 1, "a":"caf\\u00e9 \xc3\xa9" }'
 

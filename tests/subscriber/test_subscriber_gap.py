@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 
-from helpers import wait_until
 from redis.asyncio import Redis
 from subscriber_support import MakeSubscriber, cached, item_change, sample
 from toy_subscriber_views import World
 
 from freshviews.core.keys import DATA, Keys
 from freshviews.publish.publisher import Publisher
+from tests.support.helpers import wait_until
 
 #: Slack on top of each bound the product promises, for a loaded 2-core machine.
 MARGIN = 2.0

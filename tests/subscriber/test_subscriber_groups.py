@@ -7,13 +7,13 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from helpers import wait_until
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from freshviews.worker.groups import Entry, GroupReader, group_gone
 from freshviews.worker.settings import SubscriberSettings
+from tests.support.helpers import wait_until
 
 STREAM = "test:groups:stream"
 GROUP = "subscribers"

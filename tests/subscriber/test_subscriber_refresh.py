@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 
-from helpers import wait_until
 from redis.asyncio import Redis
 from subscriber_support import MakeSubscriber, cached, sample
 from toy_subscriber_views import World
 
 from freshviews.core.keys import DATA, REFRESH_KEY, Keys
+from tests.support.helpers import wait_until
 
 
 def _requested(outcome: str) -> float:

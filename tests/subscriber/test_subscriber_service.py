@@ -7,7 +7,6 @@ import json
 import logging
 
 import pytest
-from helpers import wait_until
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from subscriber_support import MakeSubscriber, cached, item_change, stop
@@ -17,6 +16,7 @@ from freshviews.core.connections import create_redis
 from freshviews.core.embedded import EmbeddedRedis
 from freshviews.core.keys import DATA, Keys
 from freshviews.publish.publisher import Publisher
+from tests.support.helpers import wait_until
 
 
 async def _name(redis: Redis, keys: Keys, item_id: int) -> str | None:

@@ -11,7 +11,6 @@ import logging
 from collections.abc import Awaitable, Callable
 
 import pytest
-from helpers import wait_until
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
@@ -23,6 +22,7 @@ from freshviews.core.connections import RedisConfigError
 from freshviews.core.keys import DATA, Keys
 from freshviews.publish.publisher import Publisher
 from freshviews.worker.service import REDIS_RETRY_FIRST, SOURCE_RETRY_FIRST
+from tests.support.helpers import wait_until
 
 #: Slack on top of each bound the product promises, for a loaded 2-core machine.
 MARGIN = 2.0

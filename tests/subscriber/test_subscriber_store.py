@@ -6,7 +6,6 @@ import asyncio
 import json
 from collections.abc import Awaitable, Callable
 
-from helpers import wait_until
 from redis.asyncio import Redis
 from subscriber_support import MakeSubscriber, cached, item_change
 from toy_subscriber_views import World, registry
@@ -15,6 +14,7 @@ from freshviews.core.keys import DATA, DIGEST, FENCE, TOMBSTONE, VERSION, Keys
 from freshviews.publish.publisher import Publisher
 from freshviews.worker.recompute import Recomputer
 from freshviews.worker.store import CacheStore, PendingWrite, WriteOutcome, digest
+from tests.support.helpers import wait_until
 
 Updates = Callable[[], Awaitable[list[str]]]
 KEY = "item/1"

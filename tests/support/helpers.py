@@ -1,5 +1,8 @@
-"""Helpers shared by the tests: free ports, waiting on a condition with a deadline instead of sleeping, and reading
-the changes writes left."""
+"""Helpers every suite shares: free ports, and waiting on a condition with a deadline instead of sleeping.
+
+Nothing of the product is imported here: the benchmarks load this module before they put the measured snapshot
+of the product on ``sys.path``.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +10,6 @@ import asyncio
 import inspect
 import socket
 from collections.abc import Awaitable, Callable
-
-from redis.asyncio import Redis
-from sqlalchemy.ext.asyncio import AsyncEngine
-
-from freshviews.core import Change, Keys, RedisSettings
-from freshviews.core.events import decode
-from freshviews.outbox import Relay
-from freshviews.scoreboard.models import OUTBOX
 
 
 def free_port() -> int:
@@ -45,20 +40,3 @@ async def wait_until(
         if loop.time() >= deadline:
             raise AssertionError(message or f"condition not met within {timeout}s")
         await asyncio.sleep(interval)
-
-
-class Log:
-    """The changes writes left, in order, as the subscriber will read them: every outbox row is relayed first (this
-    relay and the app's take turns on the SQLite file), then the change log is read from where it was left."""
-
-    def __init__(self, engine: AsyncEngine, redis: Redis, redis_url: str) -> None:
-        self.relay = Relay(engine, redis, RedisSettings(redis_url=redis_url), table=OUTBOX)
-        self.redis = redis
-        self.last = "0-0"
-
-    async def new(self) -> list[Change]:
-        await self.relay.drain()
-        entries = await self.redis.xrange(Keys().changes, min=f"({self.last}")
-        if entries:
-            self.last = entries[-1][0].decode()
-        return [decode(fields) for _, fields in entries]
