@@ -4,10 +4,8 @@ answers."""
 
 from __future__ import annotations
 
-import socket
-import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -15,7 +13,7 @@ import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 from redis.asyncio import Redis
-from redis.exceptions import MovedError, RedisError, ResponseError
+from redis.exceptions import MovedError, ResponseError
 from serving_support import FAST, OpenClient, RedisProxy, put, serving_of
 
 from freshviews.core.connections import create_redis
@@ -25,45 +23,16 @@ from freshviews.scoreboard.main import create_app
 from freshviews.scoreboard.settings import AppSettings
 from freshviews.serving import Serving, ServingSettings
 from freshviews.serving.runtime import CacheUnavailableError
-from tests.support.helpers import free_port, wait_until
-
-#: How long Redis Cluster's gossip may take to tell one node which node owns the slots (set-up, not product).
-GOSSIP = 10.0
-
-
-def _cluster_port() -> int:
-    """A free port whose cluster bus port (itself + 10000, fixed in Redis 6) is free and valid too."""
-    while True:
-        port = free_port()
-        if port + 10_000 < 65_536:
-            with socket.socket() as bus:
-                try:
-                    bus.bind(("127.0.0.1", port + 10_000))
-                except OSError:
-                    continue
-            return port
+from tests.support.helpers import wait_until
+from tests.support.redis_servers import GOSSIP, SLOTS, StartClusterNodes
 
 
 @pytest.fixture
-def cluster_ports(redis_server_executable: str, tmp_path: Path) -> Iterator[list[int]]:
+async def cluster_ports(start_cluster_nodes: StartClusterNodes) -> list[int]:
     """Two Redis Cluster nodes, not yet joined, on free ports."""
-    ports = [_cluster_port(), _cluster_port()]
-    options = ["--bind", "127.0.0.1", "--dir", str(tmp_path), "--save", "", "--appendonly", "no"]
-    options += ["--cluster-enabled", "yes"]
-    servers = [
-        subprocess.Popen(
-            [redis_server_executable, "--port", str(port), *options, "--cluster-config-file", f"nodes-{port}.conf"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        for port in ports
-    ]
-    try:
-        yield ports
-    finally:
-        for server in servers:
-            server.terminate()
-            server.wait(10)
+    nodes = start_cluster_nodes(2)
+    await nodes.wait_up()
+    return nodes.ports
 
 
 @asynccontextmanager
@@ -72,15 +41,7 @@ async def node_owning_no_slot(ports: list[int]) -> AsyncIterator[str]:
     keyed command and PONG to PING."""
     first, second = (Redis(port=port) for port in ports)
     try:
-
-        async def up() -> bool:
-            try:
-                return bool(await first.ping() and await second.ping())
-            except (RedisError, OSError):
-                return False
-
-        await wait_until(up, 10, message="the cluster nodes did not start")
-        await second.execute_command("CLUSTER ADDSLOTS", *range(16384))
+        await second.execute_command("CLUSTER ADDSLOTS", *range(SLOTS))
         await first.execute_command("CLUSTER MEET", "127.0.0.1", ports[1])
 
         async def moved() -> bool:
