@@ -1,6 +1,6 @@
 """Benchmark 5: changes the subscriber consumes per second, with cheap views, and its Redis traffic per batch.
 
-A backlog of changes to ``sub_keys`` keys (``toy_bench_views``) is put in the change log, then one
+A backlog of changes to ``sub_keys`` keys (``tests.support.world.counter_registry``) is put in the change log, then one
 subscriber drains it (``Subscriber.drain``, the code path of ``python -m subscriber run --burst``), in this
 process so that its Redis round trips can be counted on the client side. Commands per batch come from
 Redis's ``INFO commandstats`` deltas. Each repeat starts from a fresh change log.
@@ -14,7 +14,6 @@ import time
 from collections import Counter
 from typing import Any
 
-import toy_bench_views
 from bench_support import Config, Figures, redis_executable, rounded
 from redis.asyncio.connection import AbstractConnection
 
@@ -24,6 +23,7 @@ from freshviews.core.events import FIELD, Change, Operation
 from freshviews.core.keys import Keys
 from freshviews.worker.service import MAX_COALESCE, Subscriber
 from freshviews.worker.settings import SubscriberSettings
+from tests.support import world
 
 FILL_CHUNK = 5000
 
@@ -56,7 +56,7 @@ def _commandstats(info: dict[str, Any]) -> Counter[str]:
 
 async def run(config: Config) -> dict[str, Any]:
     keys = Keys()
-    toy_bench_views.ITEMS.count = config.sub_keys
+    world.COUNTER.count = config.sub_keys
     server = EmbeddedRedis(config.workdir("subscriber") / "redis", executable=redis_executable())
     server.start()
     redis = create_redis(server.url, timeout=30)
@@ -74,11 +74,9 @@ async def run(config: Config) -> dict[str, Any]:
             settings = SubscriberSettings(
                 redis_url=server.url, metrics_port=0, consumer=f"bench-{repeat}", group=f"bench-{repeat}"
             )
-            subscriber = Subscriber(
-                redis=redis, registry=toy_bench_views.registry, ctx=toy_bench_views.ITEMS, settings=settings
-            )
+            subscriber = Subscriber(redis=redis, registry=world.counter_registry, ctx=world.COUNTER, settings=settings)
             await subscriber.start(warm=False)
-            computes_before = toy_bench_views.ITEMS.computes
+            computes_before = world.COUNTER.computes
             await redis.config_resetstat()
             with RoundTrips() as trips:
                 started = time.perf_counter()
@@ -94,7 +92,7 @@ async def run(config: Config) -> dict[str, Any]:
                 "changes_per_s": round(handled / elapsed, 1),
                 "batches": subscriber.batches,
                 "changes_per_batch": round(handled / batches, 1),
-                "recomputes": toy_bench_views.ITEMS.computes - computes_before,
+                "recomputes": world.COUNTER.computes - computes_before,
                 "round_trips": trips.count,
                 "round_trips_per_batch": round(trips.count / batches, 2),
                 "commands_per_batch": {k: round(v / batches, 2) for k, v in sorted(commands.items())},
@@ -122,7 +120,7 @@ async def run(config: Config) -> dict[str, Any]:
         "conditions": {
             "changes": config.sub_changes,
             "keys": config.sub_keys,
-            "views": "toy_bench_views: item/{id}, compute = a dict lookup",
+            "views": "tests.support.world:counter_registry: item/{id}, compute = a counter",
             "mode": "backlog drained by Subscriber.drain() in the bench process (the --burst code path)",
             "batch_size": SubscriberSettings().batch_size,
             "max_coalesce": MAX_COALESCE,

@@ -24,10 +24,13 @@ from pathlib import Path
 from typing import Any
 
 BENCH_DIR = Path(__file__).resolve().parent
-# Run as a script: this folder's bench_* modules are importable. The product packages come from the snapshot
-# chosen by --source, put first on sys.path before any of them is imported.
-if str(BENCH_DIR) not in sys.path:
-    sys.path.insert(0, str(BENCH_DIR))
+REPO = BENCH_DIR.parents[1]
+# Run as a script: this folder's bench_* modules are importable, and the tests' support package from the
+# repository root. The product packages come from the snapshot chosen by --source, put first on sys.path before
+# any of them is imported.
+for folder in (REPO, BENCH_DIR):
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
 
 import bench_support  # noqa: E402
 from bench_support import Config, Seed, machine_info  # noqa: E402

@@ -12,8 +12,8 @@ from redis.asyncio import Redis
 
 from freshviews.core.embedded import EmbeddedRedis
 from freshviews.publish.publisher import Publisher
-from tests.reliability.kv_views import ROWS, Source
 from tests.reliability.kv_world import KEYS, World
+from tests.support.world import seed_rows
 
 
 @pytest.fixture
@@ -30,10 +30,7 @@ def source_url(tmp_path: Path, redis_server_executable: str) -> Iterator[str]:
 async def world(tmp_path: Path, redis_url: str, source_url: str) -> AsyncIterator[World]:
     cache = Redis.from_url(redis_url)
     source = Redis.from_url(source_url)
-    async with source.pipeline(transaction=False) as pipe:
-        for row_id in range(1, ROWS + 1):
-            pipe.hset(Source.row(row_id), mapping={"n": 0, "w": "seed"})
-        await pipe.execute()
+    await seed_rows(source)
     world = World(tmp_path, redis_url, source_url, cache, source, Publisher(cache, KEYS, timeout=5.0))
     sampler = asyncio.create_task(world.sample())
     try:

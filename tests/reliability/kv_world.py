@@ -1,4 +1,4 @@
-"""The world of the fault scenarios: rows (kv_views.py), subscriber processes over them, a version sampler.
+"""The world of the fault scenarios: rows (tests/support/world.py), subscriber processes over them, a version sampler.
 
 While a scenario runs, the sampler reads every key's version every 10 ms: the stored version of a key must
 never go down (V). At the end every key must equal its recompute from the source (converged) and nothing
@@ -22,10 +22,10 @@ from stack import Process, wait_http
 from freshviews.core.events import Change, Operation
 from freshviews.core.keys import DATA, VERSION, Keys
 from freshviews.publish.publisher import Publisher
-from tests.reliability.kv_views import ROWS, Source, render
 from tests.support.helpers import free_port, wait_until
+from tests.support.world import ROWS, Source, render
 
-HERE = Path(__file__).resolve().parent
+REPO = Path(__file__).resolve().parents[2]
 RECLAIM_IDLE_MS = 1000
 KEYS = Keys()
 
@@ -53,10 +53,11 @@ class World:
         port = free_port()
         proc = Process(
             name,
-            ["-m", "freshviews.worker", "--views", "kv_views:registry", "--consumer", name],
+            ["-m", "freshviews.worker", "--views", "tests.support.world:kv_registry", "--consumer", name],
             {
                 **{k: v for k, v in os.environ.items() if not k.startswith(("SUBSCRIBER_", "KV_"))},
-                "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
+                # The repository root, where tests.support.world is.
+                "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
                 "REDIS_URL": redis_url or self.cache_url,
                 "KV_SOURCE_URL": self.source_url,
                 "SUBSCRIBER_METRICS_PORT": str(port),

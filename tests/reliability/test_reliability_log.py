@@ -15,9 +15,9 @@ from freshviews.core.embedded import EmbeddedRedis
 from freshviews.core.events import Change, Operation
 from freshviews.core.keys import DATA
 from freshviews.publish.publisher import Publisher
-from tests.reliability.kv_views import ROWS, Source, render
 from tests.reliability.kv_world import KEYS, World, converged, shows, warmed
 from tests.support.helpers import wait_until
+from tests.support.world import ROWS, Source, render
 
 pytestmark = pytest.mark.slow
 

@@ -21,7 +21,6 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
 from redis.asyncio import Redis
-from toy_subscriber_views import COLORS, World, registry, seeded_world
 
 from freshviews.core.events import Change, Operation
 from freshviews.core.keys import DATA, DIGEST, TOMBSTONE, VERSION, Keys
@@ -29,6 +28,7 @@ from freshviews.publish.publisher import Publisher
 from freshviews.worker.recompute import serialize
 from freshviews.worker.service import Subscriber
 from freshviews.worker.settings import SubscriberSettings
+from tests.support.world import COLORS, World, registry, seeded_world
 
 T = TypeVar("T")
 

@@ -21,7 +21,7 @@ from serving_support import build_app
 from freshviews.core.keys import Keys
 from freshviews.serving.runtime import ServingSettings
 from freshviews.worker.store import CacheStore, PendingWrite
-from tests.reliability.kv_views import ROWS, registry
+from tests.support.world import ROWS, kv_registry
 
 pytestmark = pytest.mark.slow
 
@@ -41,7 +41,7 @@ async def test_cancelled_reads_never_return_another_keys_value(redis: Redis) -> 
         ]
     )
     # No copies in memory: every read must go to Redis, where the cancellations are to happen.
-    app = build_app(registry, _url(redis), ServingSettings(cache_miss_wait=0, cache_memory_keys=0))
+    app = build_app(kv_registry, _url(redis), ServingSettings(cache_miss_wait=0, cache_memory_keys=0))
     mismatches: list[str] = []
     cancelled = answered = 0
 

@@ -18,10 +18,10 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 from serving_support import build_app, live_server, put
-from serving_views import registry
 
 from freshviews.core.keys import Keys
 from freshviews.serving.runtime import ServingSettings
+from tests.support.world import serving_registry
 
 pytestmark = pytest.mark.slow
 
@@ -99,7 +99,7 @@ async def test_streams_killed_or_frozen_leave_nothing_behind(redis_url: str, red
     keys = Keys()
     await put(redis, keys, "item/1", {"n": 0})
     settings = ServingSettings(sse_ping=PING, sse_send_timeout=SEND_TIMEOUT, sse_max_streams=STREAMS + 10)
-    app = build_app(registry, redis_url, settings)
+    app = build_app(serving_registry, redis_url, settings)
     async with live_server(app, settings) as base_url:
         serving: Any = app.state.serving
         port = int(base_url.rsplit(":", 1)[1])

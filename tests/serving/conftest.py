@@ -13,12 +13,12 @@ from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from redis.asyncio import Redis
 from serving_support import FAST, OpenClient, StartSubscriber, build_app
-from serving_views import World, registry, seeded_world
 
 from freshviews.core.keys import Keys
 from freshviews.serving import ServingSettings
 from freshviews.worker.service import Subscriber
 from freshviews.worker.settings import SubscriberSettings
+from tests.support.world import World, seeded_world, serving_registry
 
 
 @pytest.fixture
@@ -37,7 +37,7 @@ def open_client(stack: AsyncExitStack, redis_url: str) -> OpenClient:
     """``await open_client(url=..., **settings)``: the app started over ASGI (no sockets) and an httpx client."""
 
     async def open_(*, url: str | None = None, **overrides: Any) -> tuple[httpx.AsyncClient, FastAPI]:
-        app = build_app(registry, url or redis_url, ServingSettings(**{**FAST, **overrides}))
+        app = build_app(serving_registry, url or redis_url, ServingSettings(**{**FAST, **overrides}))
         manager = await stack.enter_async_context(LifespanManager(app, startup_timeout=10, shutdown_timeout=10))
         client = await stack.enter_async_context(
             httpx.AsyncClient(transport=httpx.ASGITransport(manager.app), base_url="http://test", timeout=10)
@@ -61,7 +61,9 @@ def start_subscriber(stack: AsyncExitStack, redis_url: str, keys: Keys, world: W
             "block_ms": 50,
             **overrides,
         }
-        subscriber = Subscriber(redis=client, registry=registry, ctx=world, settings=SubscriberSettings(**options))
+        subscriber = Subscriber(
+            redis=client, registry=serving_registry, ctx=world, settings=SubscriberSettings(**options)
+        )
         task = asyncio.create_task(subscriber.run())
 
         async def stop() -> None:

@@ -11,17 +11,17 @@ from asgi_lifespan import LifespanManager
 from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 from serving_support import FAST, build_app, put
-from serving_views import registry
 
 from freshviews.core.keys import Keys
 from freshviews.serving import ServingSettings, runtime
+from tests.support.world import serving_registry
 
 
 @pytest.fixture
 async def clients(redis_url: str) -> AsyncIterator[tuple[httpx.AsyncClient, httpx.AsyncClient]]:
     """The same app twice: mounted with the middleware, and the routes alone."""
-    fast = build_app(registry, redis_url, ServingSettings(**FAST))
-    plain = build_app(registry, redis_url, ServingSettings(**FAST), fast_path=False)
+    fast = build_app(serving_registry, redis_url, ServingSettings(**FAST))
+    plain = build_app(serving_registry, redis_url, ServingSettings(**FAST), fast_path=False)
     async with (
         LifespanManager(fast) as fast_app,
         LifespanManager(plain) as plain_app,

@@ -9,7 +9,6 @@ import pytest
 from fastapi import FastAPI
 from redis.asyncio import Redis
 from serving_support import OpenClient, StartSubscriber, put, serving_of
-from serving_views import World
 
 from freshviews.core.events import Change, Operation
 from freshviews.core.keys import Keys
@@ -17,6 +16,7 @@ from freshviews.publish.publisher import Publisher
 from freshviews.serving.routes import parse_min_version
 from freshviews.worker.store import CacheStore, PendingWrite
 from tests.support.helpers import wait_until
+from tests.support.world import World
 
 #: How long a read waits for its version here (cache_min_version_wait): the promise the waits below rely on.
 WAIT = 3.0

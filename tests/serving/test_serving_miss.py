@@ -8,9 +8,9 @@ import time
 
 from redis.asyncio import Redis
 from serving_support import OpenClient, StartSubscriber, serving_of
-from serving_views import World
 
 from freshviews.core.keys import Keys
+from tests.support.world import World
 
 
 async def test_a_thousand_concurrent_misses_make_one_request_and_get_503_with_retry_after(

@@ -17,13 +17,13 @@ from fastapi import FastAPI
 from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 from serving_support import FAST, build_app, put
-from serving_views import registry
 from starlette.types import ASGIApp, Message
 
 from freshviews.core.connections import create_redis
 from freshviews.core.keys import Keys
 from freshviews.serving import Serving, ServingSettings, mount
 from tests.support.helpers import free_port
+from tests.support.world import serving_registry
 
 
 def _forgetful_app(redis_url: str) -> FastAPI:
@@ -39,7 +39,7 @@ def _forgetful_app(redis_url: str) -> FastAPI:
             await redis.aclose()
 
     app = FastAPI(lifespan=lifespan)
-    mount(app, registry)
+    mount(app, serving_registry)
     return app
 
 
@@ -66,7 +66,7 @@ async def test_a_lifespan_that_yields_no_serving_fails_start_up_with_the_fix(red
 
 
 async def test_a_lifespan_that_yields_the_serving_starts(redis_url: str) -> None:
-    answer = await _startup(build_app(registry, redis_url, ServingSettings(**FAST)))
+    answer = await _startup(build_app(serving_registry, redis_url, ServingSettings(**FAST)))
     assert answer == {"type": "lifespan.startup.complete"}
 
 
@@ -93,8 +93,8 @@ async def test_uvicorn_refuses_to_serve_it_and_logs_why(redis_url: str, caplog: 
 async def test_mount_serves_the_routes_and_the_fast_path_under_its_prefix(
     redis_url: str, redis: Redis, keys: Keys
 ) -> None:
-    app = FastAPI(lifespan=build_app(registry, redis_url, ServingSettings(**FAST)).router.lifespan_context)
-    mount(app, registry, prefix="/views-cache")
+    app = FastAPI(lifespan=build_app(serving_registry, redis_url, ServingSettings(**FAST)).router.lifespan_context)
+    mount(app, serving_registry, prefix="/views-cache")
     async with (
         LifespanManager(app) as manager,
         httpx.AsyncClient(transport=httpx.ASGITransport(manager.app), base_url="http://t") as client,

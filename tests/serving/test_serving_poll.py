@@ -10,11 +10,11 @@ import pytest
 from fastapi import FastAPI
 from redis.asyncio import Redis
 from serving_support import OpenClient, put
-from serving_views import registry
 
 from freshviews.core import PK, Int, On, Registry, View
 from freshviews.core.keys import Keys
 from freshviews.serving import cache_router
+from tests.support.world import serving_registry
 
 # Valid JSON, but not what any encoder in this process would produce: spacing, key order, an escape.
 ODD_BYTES = b'{ "z" : 1,\t"a":"caf\\u00e9",  "n": [1.50, 2e3] }'
@@ -137,13 +137,13 @@ def test_views_named_like_the_fixed_routes_are_refused() -> None:
     )
     with pytest.raises(ValueError, match="reserved"):
         cache_router(clash)
-    cache_router(registry)  # the toy registry is fine
+    cache_router(serving_registry)  # the toy registry is fine
 
 
 async def test_the_view_list_gives_an_example_key_where_a_view_has_one() -> None:
-    with_example = replace(registry.views[0], example={"id": 7})
+    with_example = replace(serving_registry.views[0], example={"id": 7})
     app = FastAPI()
-    app.include_router(cache_router(Registry([with_example, registry.views[1]])))
+    app.include_router(cache_router(Registry([with_example, serving_registry.views[1]])))
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as client:
         views = (await client.get("/cache/views")).json()
     assert views[0]["example"] == "item/7"

@@ -16,13 +16,13 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 from serving_support import SSEReader, build_app, live_server, put
-from serving_views import registry
 
 from freshviews.core.embedded import EmbeddedRedis
 from freshviews.core.keys import Keys
 from freshviews.serving import Serving, ServingSettings, Snapshot
 from freshviews.serving.stream import RecentEvents, encode_event
 from tests.support.helpers import wait_until
+from tests.support.world import serving_registry
 
 ODD_BYTES = b'{ "z" : 1, "a":"caf\\u00e9 \xc3\xa9" }'
 
@@ -30,7 +30,7 @@ ODD_BYTES = b'{ "z" : 1, "a":"caf\\u00e9 \xc3\xa9" }'
 @asynccontextmanager
 async def running(redis_url: str, **overrides: Any) -> AsyncIterator[tuple[str, Serving]]:
     settings = ServingSettings(**{"cache_miss_wait": 0.3, **overrides})
-    app = build_app(registry, redis_url, settings)
+    app = build_app(serving_registry, redis_url, settings)
     async with live_server(app) as base_url:
         yield base_url, app.state.serving
 

@@ -8,12 +8,12 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 from subscriber_support import MakeSubscriber
-from toy_subscriber_views import World, registry, seeded_world
 
 from freshviews.core.keys import Keys
 from freshviews.publish.publisher import Publisher
 from freshviews.worker.service import Subscriber
 from freshviews.worker.settings import SubscriberSettings
+from tests.support.world import World, registry, seeded_world
 
 
 @pytest.fixture

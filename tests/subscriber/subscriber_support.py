@@ -5,26 +5,15 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from typing import Any
 
 from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
-from freshviews.core.events import Change, Operation
 from freshviews.core.keys import Keys
 from freshviews.worker.service import Subscriber
 
 #: Builds a Subscriber on the test Redis (the ``make_subscriber`` fixture).
 MakeSubscriber = Callable[..., Subscriber]
-
-
-def item_change(
-    item_id: int, op: Operation = Operation.UPDATE, *, old_color: str | None = None, **after: Any
-) -> Change:
-    """A change to item ``item_id``: the values it has after (``color=...``), and its colour before, where the
-    writer says them."""
-    before = {"color": old_color} if old_color is not None else None
-    return Change(entity="item", id=str(item_id), op=op, before=before, after=after or None)
 
 
 def sample(name: str, labels: dict[str, str] | None = None) -> float:

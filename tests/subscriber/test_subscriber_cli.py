@@ -16,8 +16,7 @@ from freshviews.core.events import FIELD, Change, Operation
 from freshviews.core.keys import DATA, Keys
 
 ROOT = Path(__file__).resolve().parents[2]
-HERE = Path(__file__).resolve().parent
-VIEWS = "toy_subscriber_views:registry"
+VIEWS = "tests.support.world:registry"
 Cli = Callable[..., subprocess.CompletedProcess[str]]
 
 
@@ -26,7 +25,8 @@ def _run(*args: str, redis_url: str, data_dir: Path) -> subprocess.CompletedProc
     env.update(
         REDIS_URL=redis_url,
         FRESHVIEWS_DATA_DIR=str(data_dir),
-        PYTHONPATH=os.pathsep.join([str(HERE), str(ROOT), env.get("PYTHONPATH", "")]),
+        # The repository root, where tests.support.world is.
+        PYTHONPATH=os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]),
         SUBSCRIBER_METRICS_PORT="0",
     )
     return subprocess.run(
@@ -65,7 +65,7 @@ def test_help_exits_zero(cli: Cli) -> None:
     [
         ("nocolon", "--views must look like module:attribute"),
         ("json:dumps", "json:dumps: that is a function, not a freshviews.core.Registry"),
-        ("toy_subscriber_views:nothing", "module 'toy_subscriber_views' has no attribute 'nothing'"),
+        ("tests.support.world:nothing", "module 'tests.support.world' has no attribute 'nothing'"),
         ("", "no views to serve: pass --views module:attribute"),
     ],
 )

@@ -7,10 +7,10 @@ import json
 
 from redis.asyncio import Redis
 from subscriber_support import MakeSubscriber, cached, sample
-from toy_subscriber_views import World
 
 from freshviews.core.keys import DATA, REFRESH_KEY, Keys
 from tests.support.helpers import wait_until
+from tests.support.world import World
 
 
 def _requested(outcome: str) -> float:

@@ -6,11 +6,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
-from toy_subscriber_views import VIEWS, World, compute_item, enumerate_items, registry
 
 from freshviews.core import On
 from freshviews.core.events import Change, Operation
 from freshviews.core.views import MAX_KEY_LENGTH, Choice, Int, InvalidKeyError, Registry, Slug, UnknownViewError, View
+from tests.support.world import VIEWS, World, compute_item, enumerate_items, registry
 
 
 async def _affected_none(ctx: Any, changes: Sequence[Change]) -> list[dict[str, Any]]:

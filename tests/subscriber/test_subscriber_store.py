@@ -7,14 +7,14 @@ import json
 from collections.abc import Awaitable, Callable
 
 from redis.asyncio import Redis
-from subscriber_support import MakeSubscriber, cached, item_change
-from toy_subscriber_views import World, registry
+from subscriber_support import MakeSubscriber, cached
 
 from freshviews.core.keys import DATA, DIGEST, FENCE, TOMBSTONE, VERSION, Keys
 from freshviews.publish.publisher import Publisher
 from freshviews.worker.recompute import Recomputer
 from freshviews.worker.store import CacheStore, PendingWrite, WriteOutcome, digest
 from tests.support.helpers import wait_until
+from tests.support.world import World, item_change, registry
 
 Updates = Callable[[], Awaitable[list[str]]]
 KEY = "item/1"

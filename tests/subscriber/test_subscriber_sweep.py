@@ -6,10 +6,10 @@ import json
 
 from redis.asyncio import Redis
 from subscriber_support import MakeSubscriber, cached, sample
-from toy_subscriber_views import World
 
 from freshviews.core.keys import DATA, DIGEST, FENCE, TOMBSTONE, VERSION, Keys
 from freshviews.worker.store import PendingWrite
+from tests.support.world import World
 
 REPAIRS = "freshviews_sweep_repairs_total"
 
