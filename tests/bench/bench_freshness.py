@@ -20,12 +20,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench_http import HttpError, Pool
-from bench_stack import Stack, metric, scrape
+from bench_stack import Stack
 from bench_support import Config, Figures, percentile, ratio, rounded
 from redis.asyncio import Redis
 
 from freshviews.core.keys import DATA, Keys
 from freshviews.worker.settings import SubscriberSettings
+from tests.support.processes import metric, scrape
 
 DEFAULT_SWEEP_INTERVAL = SubscriberSettings.model_fields["sweep_interval"].default
 IN_FLIGHT = 64

@@ -25,12 +25,13 @@ import time
 from typing import Any
 
 from bench_http import Pool, poll
-from bench_stack import Proc, Stack, wait_http
+from bench_stack import Stack
 from bench_support import Config, Figures, goal, ratio, rounded
 
 from freshviews.scoreboard.models import REGIONS
 from freshviews.scoreboard.simulate import Summary, simulate
 from freshviews.worker.settings import SubscriberSettings
+from tests.support.processes import Process, wait_http
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +66,8 @@ def _restart_subscriber(stack: Stack) -> None:
     if stack.subscriber is None:
         raise RuntimeError("this stack has no subscriber")
     stack.subscriber.stop()
-    stack.subscriber = Proc(stack.subscriber.name, stack.subscriber.args, stack.env(), stack.subscriber.log_path)
+    old = stack.subscriber
+    stack.subscriber = Process(old.name, old.args, stack.env(), old.log_path, cwd=old.cwd)
     stack.subscriber.start()
     wait_http(stack.metrics_url, stack.subscriber)
 

@@ -17,8 +17,8 @@ from typing import Any
 
 import httpx
 from bench_http import RateResult, run_python_rate, run_wrk, wrk_available
-from bench_stack import Proc, Stack, wait_http
-from bench_support import BENCH_DIR, Config, Figures, free_port, ratio, rounded
+from bench_stack import Stack
+from bench_support import BENCH_DIR, Config, Figures, ratio, rounded
 
 from freshviews.core.connections import create_redis
 from freshviews.core.keys import Keys
@@ -26,6 +26,8 @@ from freshviews.scoreboard.db import open_database
 from freshviews.scoreboard.views import registry
 from freshviews.worker.recompute import Recomputer
 from freshviews.worker.store import CacheStore
+from tests.support.helpers import free_port
+from tests.support.processes import Process, wait_http
 
 KEY = "leaderboard/eu"
 
@@ -65,7 +67,7 @@ async def run(config: Config) -> dict[str, Any]:
             workdir=work / "python-parser", database_file=database, launcher=[str(BENCH_DIR / "bench_nohiredis.py")]
         ),
     }
-    bare: Proc | None = None
+    bare: Process | None = None
     try:
         for stack in stacks.values():
             stack.launch()
@@ -81,11 +83,12 @@ async def run(config: Config) -> dict[str, Any]:
         body_file = work / "body.json"
         body_file.write_bytes(first.content)
         bare_port = free_port()
-        bare = Proc(
+        bare = Process(
             "bare",
             [sys.executable, str(BENCH_DIR / "bench_bare_app.py"), str(bare_port), str(body_file), etag, cache_control],
             stacks["hiredis"].env(),
             work / "bare.log",
+            cwd=work,
         ).start()
         await asyncio.to_thread(wait_http, f"http://127.0.0.1:{bare_port}/bare/{KEY}", bare)
         parser_answer = await asyncio.to_thread(httpx.get, f"{stacks['python_parser'].base_url}/cache/{KEY}", timeout=5)

@@ -6,110 +6,25 @@ so nothing it does touches a Redis or a database that was already on the machine
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
-import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import httpx
-from bench_support import BENCH_DIR, SOURCE, free_port, redis_executable, source_path
+from bench_support import SOURCE, redis_executable, source_path
+
+from tests.support.helpers import free_port, wait_for
+from tests.support.processes import Process, metric, scrape, wait_http
 
 if TYPE_CHECKING:
     # Imported where used: run.py puts the measured snapshot of the product first on sys.path only after the
     # bench modules are loaded, and nothing of the product may be imported before that.
     from freshviews.core.embedded import EmbeddedRedis
 
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 #: ``freshviews serve`` arguments naming the reference backend.
 SCOREBOARD_APP = ("freshviews.scoreboard.main:create_app", "--factory")
-
-
-def cpu_seconds(pid: int) -> float | None:
-    """User + system CPU time of a live process, from /proc (None once it is gone)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-
-
-@dataclass
-class Proc:
-    """A child process with its output in a log file; stopped with SIGTERM, then SIGKILL."""
-
-    name: str
-    args: list[str]
-    env: dict[str, str]
-    log_path: Path
-    popen: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> Proc:
-        with self.log_path.open("ab") as log:
-            # cwd is the log's folder, not the repository: the product must come from SOURCE (on PYTHONPATH).
-            self.popen = subprocess.Popen(
-                self.args, env=self.env, cwd=self.log_path.parent, stdout=log, stderr=subprocess.STDOUT
-            )
-        return self
-
-    @property
-    def pid(self) -> int:
-        if self.popen is None:
-            raise RuntimeError(f"{self.name} was not started")
-        return self.popen.pid
-
-    @property
-    def running(self) -> bool:
-        return self.popen is not None and self.popen.poll() is None
-
-    def cpu(self) -> float | None:
-        return cpu_seconds(self.pid) if self.running else None
-
-    def stop(self, timeout: float = 10) -> None:
-        if self.popen is None or self.popen.poll() is not None:
-            return
-        self.popen.send_signal(signal.SIGTERM)
-        try:
-            self.popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.popen.kill()
-            self.popen.wait(5)
-
-    def log(self, chars: int = 3000) -> str:
-        return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
-
-
-def wait_http(url: str, proc: Proc, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not proc.running:
-            raise RuntimeError(f"{proc.name} exited while starting:\n{proc.log()}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(url, timeout=1).status_code < 500:
-                return
-        time.sleep(0.05)
-    raise RuntimeError(f"{url} did not answer within {timeout}s:\n{proc.log()}")
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    """Sum of a Prometheus sample over the series matching ``labels`` (0 when absent)."""
-    total = 0.0
-    for line in text.splitlines():
-        if not (line.startswith(name + "{") or line.startswith(name + " ")):
-            continue
-        head, _, value = line.rpartition(" ")
-        if all(f'{k}="{v}"' in head for k, v in labels.items()):
-            total += float(value)
-    return total
-
-
-def scrape(url: str) -> str:
-    return httpx.get(url, timeout=10).text
 
 
 @dataclass
@@ -127,8 +42,8 @@ class Stack:
     #: More environment for both processes (a benchmark's own settings, reported in its conditions).
     extra_env: dict[str, str] = field(default_factory=dict)
     redis: EmbeddedRedis | None = None
-    app: Proc | None = None
-    subscriber: Proc | None = None
+    app: Process | None = None
+    subscriber: Process | None = None
     app_port: int = field(default_factory=free_port)
     metrics_port: int = field(default_factory=free_port)
 
@@ -157,7 +72,8 @@ class Stack:
             SUBSCRIBER_METRICS_PORT=str(self.metrics_port),
             SUBSCRIBER_SWEEP_INTERVAL=str(self.sweep_interval or 0),
             PYTHONUNBUFFERED="1",
-            PYTHONPATH=os.pathsep.join([*source_path(SOURCE[0]), str(BENCH_DIR)]),
+            # The product from the measured snapshot only (not from the repository).
+            PYTHONPATH=os.pathsep.join(source_path(SOURCE[0])),
         )
         env.update(self.extra_env)
         return env
@@ -177,14 +93,15 @@ class Stack:
         self.redis = EmbeddedRedis(self.workdir / "redis", executable=redis_executable())
         self.redis.start()
         python = [sys.executable, *self.launcher]
-        self.app = Proc(
+        self.app = Process(
             "app",
             [*python, "-m", "freshviews", "--log-level", "warning", "serve", *SCOREBOARD_APP, "--no-access-log"],
             self.env(),
             self.workdir / "app.log",
+            cwd=self.workdir,
         ).start()
         if self.sweep_interval is not None:
-            self.subscriber = Proc(
+            self.subscriber = Process(
                 "subscriber",
                 [
                     sys.executable,
@@ -198,6 +115,7 @@ class Stack:
                 ],
                 self.env(),
                 self.workdir / "subscriber.log",
+                cwd=self.workdir,
             ).start()
         return self
 
@@ -214,20 +132,22 @@ class Stack:
         """Wait for the subscriber's warm-up sweep (the cache starts empty); return the sweep's duration, s."""
         import redis as redis_sync
 
-        started = time.monotonic()
         client = redis_sync.Redis.from_url(self.redis_url)
+        seconds: bytes | None = None
+
+        def swept() -> bool:
+            nonlocal seconds
+            if self.subscriber is not None and not self.subscriber.running:
+                raise RuntimeError(f"subscriber exited:\n{self.subscriber.log()}")
+            seconds = client.hget("fv:sweep", "seconds")  # type: ignore[assignment]
+            return seconds is not None
+
         try:
-            while time.monotonic() - started < timeout:
-                if self.subscriber is not None and not self.subscriber.running:
-                    raise RuntimeError(f"subscriber exited:\n{self.subscriber.log()}")
-                seconds = client.hget("fv:sweep", "seconds")
-                if seconds is not None:
-                    # The sweep's own duration: it began before this wait did.
-                    return float(seconds)
-                time.sleep(0.05)
+            wait_for(swept, timeout, message=f"the warm-up sweep did not finish within {timeout}s")
         finally:
             client.close()
-        raise RuntimeError(f"the warm-up sweep did not finish within {timeout}s")
+        # The sweep's own duration: it began before this wait did.
+        return float(seconds or 0)
 
     def counters(self) -> dict[str, float]:
         """Backend work so far: queries of the backend and of the subscriber, recomputes, CPU seconds."""

@@ -12,7 +12,6 @@ import os
 import platform
 import re
 import shutil
-import socket
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -62,13 +61,6 @@ def snapshot_source(spec: str, target: Path) -> tuple[Path, dict[str, Any]]:
 def source_path(source: Path) -> list[str]:
     """The ``sys.path`` entries that import the product from ``source`` (a snapshot or the repository)."""
     return [str(source / root) for root in PRODUCT_ROOTS]
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 # --- statistics -------------------------------------------------------------------------------------------

@@ -14,8 +14,10 @@ import time
 from typing import Any
 
 from bench_http import Connection
-from bench_stack import Stack, metric, scrape
+from bench_stack import Stack
 from bench_support import Config, Figures, goal, percentile, ratio, rounded
+
+from tests.support.processes import metric, scrape
 
 WARMUP = 30
 

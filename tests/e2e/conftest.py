@@ -6,9 +6,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from stack import Stack
 
 from freshviews.core.embedded import EmbeddedRedis
+from tests.support.stack import Stack
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

@@ -12,9 +12,10 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
-from stack import Stack, live_keys, metric, stale_keys
 
 from tests.support.helpers import wait_until
+from tests.support.processes import metric
+from tests.support.stack import Stack, live_keys, stale_keys
 
 pytestmark = pytest.mark.slow
 

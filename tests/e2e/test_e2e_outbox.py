@@ -19,7 +19,6 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 from sqlalchemy import text
-from stack import Stack, live_keys, metric, stale_keys
 
 from freshviews.core import RedisSettings
 from freshviews.core.events import decode
@@ -29,6 +28,8 @@ from freshviews.scoreboard.db import open_database
 from freshviews.scoreboard.models import OUTBOX, Player, Score
 from freshviews.scoreboard.views import registry
 from tests.support.helpers import wait_until
+from tests.support.processes import metric
+from tests.support.stack import Stack, live_keys, stale_keys
 
 pytestmark = pytest.mark.slow
 

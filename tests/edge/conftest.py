@@ -18,10 +18,9 @@ from typing import NoReturn
 import httpx
 import pytest
 
-# The e2e tests' process harness (tests/e2e/stack.py, on pytest's pythonpath) is reused rather than copied.
-from stack import Stack, metric
-
 from freshviews.core.embedded import EmbeddedRedis
+from tests.support.processes import metric
+from tests.support.stack import Stack
 
 CHROMIUM = "/usr/bin/chromium"
 WARM_TIMEOUT = 60.0

@@ -17,10 +17,11 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Page, Request, Route, sync_playwright
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
-from stack import Process, Stack, wait_http
 
 from freshviews.scoreboard.demo import BACKEND
 from tests.support.helpers import free_port
+from tests.support.processes import Process, python, wait_http
+from tests.support.stack import Stack
 
 pytestmark = pytest.mark.slow
 
@@ -230,7 +231,7 @@ def test_the_page_reconnects_when_the_app_comes_back(edge_stack: Stack, browsing
     port = free_port()
     app = Process(
         "app-restarted",
-        list(BACKEND),
+        python(*BACKEND),
         edge_stack.env(FRESHVIEWS_PORT=str(port)),
         tmp_path / "app.log",
     )

@@ -22,7 +22,6 @@ import httpx
 import pytest
 import yaml
 from pydantic_settings import BaseSettings
-from stack import Stack
 
 from freshviews.core.views import Registry
 from freshviews.scoreboard.settings import AppSettings
@@ -30,6 +29,7 @@ from freshviews.worker.cli import load_registry
 from freshviews.worker.settings import SubscriberSettings
 from tests.edge.edge_support import INFRA, NGINX_PLACEHOLDERS, NGINX_TEMPLATE, REPO, placeholders
 from tests.support.helpers import free_port
+from tests.support.stack import Stack
 
 COMPOSE_FILE = INFRA / "docker-compose.yml"
 DOCKERFILE = INFRA / "Dockerfile"

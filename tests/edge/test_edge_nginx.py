@@ -12,10 +12,10 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from stack import Stack
 
 from tests.edge.edge_support import Event, Nginx, sse_events
 from tests.support.helpers import free_port
+from tests.support.stack import Stack
 
 pytestmark = pytest.mark.slow
 

@@ -17,15 +17,14 @@ from pathlib import Path
 import httpx
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
-from stack import Process, wait_http
 
 from freshviews.core.events import Change, Operation
 from freshviews.core.keys import DATA, VERSION, Keys
 from freshviews.publish.publisher import Publisher
 from tests.support.helpers import free_port, wait_until
+from tests.support.processes import REPO, Process, python, wait_http
 from tests.support.world import ROWS, Source, render
 
-REPO = Path(__file__).resolve().parents[2]
 RECLAIM_IDLE_MS = 1000
 KEYS = Keys()
 
@@ -53,7 +52,7 @@ class World:
         port = free_port()
         proc = Process(
             name,
-            ["-m", "freshviews.worker", "--views", "tests.support.world:kv_registry", "--consumer", name],
+            python("-m", "freshviews.worker", "--views", "tests.support.world:kv_registry", "--consumer", name),
             {
                 **{k: v for k, v in os.environ.items() if not k.startswith(("SUBSCRIBER_", "KV_"))},
                 # The repository root, where tests.support.world is.

@@ -15,9 +15,9 @@ from pathlib import Path
 import httpx
 import pytest
 from redis.asyncio import Redis
-from stack import Stack, live_keys, stale_keys
 
 from tests.support.helpers import free_port
+from tests.support.stack import Stack, live_keys, stale_keys
 
 pytestmark = pytest.mark.slow
 

@@ -8,11 +8,11 @@ import signal
 import time
 
 import pytest
-from stack import metric
 
 from freshviews.core.keys import DATA
 from tests.reliability.kv_world import KEYS, RECLAIM_IDLE_MS, World, converged, shows
 from tests.support.helpers import wait_until
+from tests.support.processes import metric
 from tests.support.world import ROWS
 
 pytestmark = pytest.mark.slow

@@ -16,12 +16,12 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from redis.asyncio import Redis
-from stack import Stack
 
 from freshviews.core.embedded import EmbeddedRedis
 from freshviews.core.keys import Keys
 from freshviews.core.views import InvalidKeyError, UnknownViewError
 from freshviews.scoreboard.views import registry
+from tests.support.stack import Stack
 
 pytestmark = pytest.mark.slow
 

@@ -9,7 +9,6 @@ import random
 import time
 
 import pytest
-from stack import metric
 
 from freshviews.core.embedded import EmbeddedRedis
 from freshviews.core.events import Change, Operation
@@ -17,6 +16,7 @@ from freshviews.core.keys import DATA
 from freshviews.publish.publisher import Publisher
 from tests.reliability.kv_world import KEYS, World, converged, shows, warmed
 from tests.support.helpers import wait_until
+from tests.support.processes import metric
 from tests.support.world import ROWS, Source, render
 
 pytestmark = pytest.mark.slow

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import socket
+import time
 from collections.abc import Awaitable, Callable
 
 
@@ -26,9 +27,12 @@ async def wait_until(
     # carrying its message, not a TimeoutError from wherever the predicate happened to be.
     timeout: float,  # noqa: ASYNC109
     interval: float = 0.02,
-    message: str = "",
+    message: str | Callable[[], str] = "",
 ) -> None:
-    """Poll ``predicate`` (sync or async) until true; raise AssertionError(message) after ``timeout`` s."""
+    """Poll ``predicate`` (sync or async) until true; raise AssertionError(message) after ``timeout`` s.
+
+    ``message`` may be a function, called only on expiry (a process's log as it is then, not as it was).
+    """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:
@@ -38,5 +42,25 @@ async def wait_until(
         if result:
             return
         if loop.time() >= deadline:
-            raise AssertionError(message or f"condition not met within {timeout}s")
-        await asyncio.sleep(interval)
+            text = message() if callable(message) else message
+            raise AssertionError(text or f"condition not met within {timeout}s")
+        await asyncio.sleep(interval)  # the poll interval of a deadline wait
+
+
+def wait_for(
+    predicate: Callable[[], bool],
+    timeout: float,
+    *,
+    interval: float = 0.05,
+    message: str | Callable[[], str] = "",
+) -> None:
+    """The same for code without an event loop: poll ``predicate`` until true; AssertionError after ``timeout`` s.
+
+    ``message`` may be a function, called only on expiry (a process's log as it is then, not as it was).
+    """
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() >= deadline:
+            text = message() if callable(message) else message
+            raise AssertionError(text or f"condition not met within {timeout}s")
+        time.sleep(interval)  # the poll interval of a deadline wait

@@ -1,12 +1,14 @@
-"""Real processes for end-to-end tests: the backend under uvicorn and the subscriber, over real sockets."""
+"""The scoreboard as real processes: the backend under uvicorn and its subscribers on one Redis and one database,
+configured through the environment only, and how to tell whether the cache agrees with the naive routes.
+
+Used by the end-to-end, edge and reliability suites.
+"""
 
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,53 +19,7 @@ from freshviews.scoreboard.db import open_database
 from freshviews.scoreboard.demo import BACKEND, SUBSCRIBER
 from freshviews.scoreboard.views import registry
 from tests.support.helpers import free_port
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-@dataclass
-class Process:
-    name: str
-    args: list[str]
-    env: dict[str, str]
-    log_path: Path
-    popen: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        log = self.log_path.open("ab")
-        self.popen = subprocess.Popen(
-            [sys.executable, *self.args], env=self.env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT
-        )
-        log.close()
-
-    @property
-    def running(self) -> bool:
-        return self.popen is not None and self.popen.poll() is None
-
-    def signal(self, sig: int) -> None:
-        if self.popen is not None and self.popen.poll() is None:
-            self.popen.send_signal(sig)
-
-    def kill(self) -> None:
-        """kill -9: no chance to acknowledge or clean up."""
-        self.signal(signal.SIGKILL)
-        if self.popen is not None:
-            self.popen.wait(10)
-
-    def stop(self, timeout: float = 15) -> int | None:
-        if self.popen is None:
-            return None
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(5)
-        return self.popen.returncode
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-6000:] if self.log_path.exists() else ""
+from tests.support.processes import REPO, Process, python, wait_http
 
 
 @dataclass
@@ -112,19 +68,14 @@ class Stack:
         subprocess.run(command, env=self.env(), cwd=REPO, check=True, capture_output=True, timeout=120)
 
     def start_app(self) -> Process:
-        self.app = Process("app", list(BACKEND), self.env(), self.tmp / "app.log")
-        self.app.start()
+        self.app = Process("app", python(*BACKEND), self.env(), self.tmp / "app.log").start()
         wait_http(f"{self.base_url}/healthz", self.app)
         return self.app
 
     def start_subscriber(self, consumer: str = "sub-1", **env: str) -> Process:
         proc = Process(
-            consumer,
-            [*SUBSCRIBER, "--consumer", consumer],
-            self.env(**env),
-            self.tmp / f"{consumer}.log",
-        )
-        proc.start()
+            consumer, python(*SUBSCRIBER, "--consumer", consumer), self.env(**env), self.tmp / f"{consumer}.log"
+        ).start()
         self.subscribers.append(proc)
         if env.get("SUBSCRIBER_METRICS_PORT", "1") != "0":
             port = int(env.get("SUBSCRIBER_METRICS_PORT", self.metrics_port))
@@ -137,32 +88,6 @@ class Stack:
 
     def logs(self) -> str:
         return "\n".join(f"--- {p.name} ---\n{p.log()}" for p in [*self.subscribers, *([self.app] if self.app else [])])
-
-
-def wait_http(url: str, proc: Process, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not proc.running:
-            raise AssertionError(f"{proc.name} exited ({proc.popen and proc.popen.returncode}):\n{proc.log()}")
-        try:
-            if httpx.get(url, timeout=1).status_code < 500:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"{url} did not answer within {timeout}s:\n{proc.log()}")
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    """Sum of a Prometheus sample in exposition text, over series matching ``labels``."""
-    total = 0.0
-    for line in text.splitlines():
-        if not line.startswith(name + "{") and not line.startswith(name + " "):
-            continue
-        head, _, value = line.rpartition(" ")
-        if all(f'{k}="{v}"' in head for k, v in labels.items()):
-            total += float(value)
-    return total
 
 
 def api_path(key: str) -> str:
