@@ -7,7 +7,6 @@ import re
 import signal
 import subprocess
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -142,31 +141,3 @@ http {{
             if path.exists():
                 parts.append(f"--- {name} ---\n{path.read_text(errors='replace')[-4000:]}")
         return "\n".join(parts)
-
-
-@dataclass(frozen=True)
-class Event:
-    event: str
-    id: str | None
-    data: str
-
-
-async def sse_events(lines: AsyncIterator[str]) -> AsyncIterator[Event]:
-    """Events of a text/event-stream body, as the EventSource parsing rules read it (comments skipped)."""
-    name, event_id, data = "message", None, []
-    async for line in lines:
-        if line == "":
-            if data:
-                yield Event(name, event_id, "\n".join(data))
-            name, data = "message", []
-            continue
-        if line.startswith(":"):
-            continue
-        field_name, _, value = line.partition(":")
-        value = value.removeprefix(" ")
-        if field_name == "event":
-            name = value
-        elif field_name == "data":
-            data.append(value)
-        elif field_name == "id":
-            event_id = value

@@ -13,8 +13,9 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.edge.edge_support import Event, Nginx, sse_events
+from tests.edge.edge_support import Nginx
 from tests.support.helpers import free_port
+from tests.support.sse import Event, SSEReader
 from tests.support.stack import Stack
 
 pytestmark = pytest.mark.slow
@@ -69,8 +70,8 @@ async def test_the_first_event_after_a_write_arrives_through_nginx_within_a_seco
         assert response.status_code == 200, await response.aread()
         assert response.headers["content-type"].startswith("text/event-stream")
         assert "content-encoding" not in response.headers
-        events = sse_events(response.aiter_lines())
-        first = await asyncio.wait_for(anext(events), PATIENCE)
+        events = SSEReader(response)
+        first = await events.next(PATIENCE)
         assert first.event == "update", first
         assert json.loads(first.data)["key"] == "team/6", first
 
@@ -78,11 +79,11 @@ async def test_the_first_event_after_a_write_arrives_through_nginx_within_a_seco
         written = loop.time()
 
         async def until_renamed() -> Event:
-            async for event in events:
+            while True:  # the stream's next events, until the renamed team's (EOFError if the stream ends)
+                event = await events.next(PATIENCE)
                 payload = json.loads(event.data)
                 if event.event == "update" and payload["key"] == "team/6" and payload["data"]["name"] == name:
                     return event
-            raise AssertionError("the stream ended")
 
         event = await asyncio.wait_for(until_renamed(), PATIENCE)
         elapsed = loop.time() - written

@@ -12,9 +12,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from tests.reliability.faultproxy import FaultProxy
 from tests.reliability.kv_world import World, converged, shows, warmed
 from tests.support.helpers import wait_until
+from tests.support.proxy import FaultProxy
 
 pytestmark = pytest.mark.slow
 

@@ -16,11 +16,11 @@ import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 from redis.asyncio import Redis
-from serving_support import build_app
 
 from freshviews.core.keys import Keys
 from freshviews.serving.runtime import ServingSettings
 from freshviews.worker.store import CacheStore, PendingWrite
+from tests.support.serving import build_app
 from tests.support.world import ROWS, kv_registry
 
 pytestmark = pytest.mark.slow

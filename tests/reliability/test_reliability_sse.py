@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 from redis.asyncio import Redis
-from serving_support import build_app, live_server, put
 
 from freshviews.core.keys import Keys
 from freshviews.serving.runtime import ServingSettings
+from tests.support.serving import build_app, live_server, put
 from tests.support.world import serving_registry
 
 pytestmark = pytest.mark.slow

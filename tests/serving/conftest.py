@@ -12,12 +12,12 @@ import pytest
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from redis.asyncio import Redis
-from serving_support import FAST, OpenClient, StartSubscriber, build_app
 
 from freshviews.core.keys import Keys
 from freshviews.serving import ServingSettings
 from freshviews.worker.service import Subscriber
 from freshviews.worker.settings import SubscriberSettings
+from tests.support.serving import FAST, OpenClient, StartSubscriber, build_app
 from tests.support.world import World, seeded_world, serving_registry
 
 

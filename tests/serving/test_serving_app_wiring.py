@@ -6,11 +6,12 @@ from pathlib import Path
 
 import httpx
 from redis.asyncio import Redis
-from serving_support import SSEReader, live_server, put
 
 from freshviews.core.keys import Keys
 from freshviews.scoreboard.main import create_app
 from freshviews.scoreboard.settings import AppSettings
+from tests.support.serving import live_server, put
+from tests.support.sse import SSEReader
 
 
 async def test_the_scoreboard_serves_the_stream_the_batch_and_misses(

@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 
 from redis.asyncio import Redis
-from serving_support import OpenClient, RedisProxy, put
 
 from freshviews.core.embedded import EmbeddedRedis
 from freshviews.core.keys import Keys
+from tests.support.proxy import FaultProxy
+from tests.support.serving import OpenClient, put
 
 ODD_BYTES = b'{ "z" : 1,\t"a":"caf\\u00e9" }'
 
@@ -64,7 +65,7 @@ async def test_the_number_of_keys_is_capped(open_client: OpenClient) -> None:
 async def test_a_batch_costs_one_round_trip(
     open_client: OpenClient, redis: Redis, keys: Keys, redis_server: EmbeddedRedis
 ) -> None:
-    proxy = RedisProxy(redis_server.port)
+    proxy = FaultProxy(redis_server.port)
     url = await proxy.start()
     try:
         client, _ = await open_client(url=url)

@@ -10,10 +10,10 @@ import pytest
 from asgi_lifespan import LifespanManager
 from prometheus_client import REGISTRY
 from redis.asyncio import Redis
-from serving_support import FAST, build_app, put
 
 from freshviews.core.keys import Keys
 from freshviews.serving import ServingSettings, runtime
+from tests.support.serving import FAST, build_app, put
 from tests.support.world import serving_registry
 
 

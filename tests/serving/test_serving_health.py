@@ -14,7 +14,6 @@ import pytest
 from asgi_lifespan import LifespanManager
 from redis.asyncio import Redis
 from redis.exceptions import MovedError, ResponseError
-from serving_support import FAST, OpenClient, RedisProxy, put, serving_of
 
 from freshviews.core.connections import create_redis
 from freshviews.core.embedded import EmbeddedRedis
@@ -24,7 +23,9 @@ from freshviews.scoreboard.settings import AppSettings
 from freshviews.serving import Serving, ServingSettings
 from freshviews.serving.runtime import CacheUnavailableError
 from tests.support.helpers import wait_until
+from tests.support.proxy import FaultProxy
 from tests.support.redis_servers import GOSSIP, SLOTS, StartClusterNodes
+from tests.support.serving import FAST, OpenClient, put, serving_of
 
 
 @pytest.fixture
@@ -83,7 +84,7 @@ async def test_a_cluster_node_answering_moved_fails_health_as_it_fails_reads(clu
 async def test_health_answers_within_the_read_deadline_when_redis_freezes(
     open_client: OpenClient, redis_server: EmbeddedRedis
 ) -> None:
-    proxy = RedisProxy(redis_server.port)
+    proxy = FaultProxy(redis_server.port)
     url = await proxy.start()
     try:
         _, app = await open_client(url=url, cache_redis_timeout=0.3)

@@ -8,12 +8,12 @@ from collections.abc import AsyncIterator
 
 import pytest
 from redis.asyncio import Redis
-from serving_support import put
 
 from freshviews.core.keys import Keys
 from freshviews.serving.hub import Mailbox, UpdateHub
 from freshviews.serving.snapshots import Snapshot
 from tests.support.helpers import wait_until
+from tests.support.serving import put
 
 
 @contextlib.asynccontextmanager

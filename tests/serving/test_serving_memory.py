@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 from redis.asyncio import Redis
-from serving_support import OpenClient, put, serving_of
 
 from freshviews.core.keys import Keys
 from freshviews.serving import Snapshot
 from freshviews.serving.memory import Memory
 from tests.support.helpers import wait_until
+from tests.support.serving import OpenClient, put, serving_of
 
 
 async def _redis_reads(redis: Redis, names: Sequence[str] = ("hget", "hmget")) -> int:

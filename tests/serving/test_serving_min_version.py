@@ -8,7 +8,6 @@ import json
 import pytest
 from fastapi import FastAPI
 from redis.asyncio import Redis
-from serving_support import OpenClient, StartSubscriber, put, serving_of
 
 from freshviews.core.events import Change, Operation
 from freshviews.core.keys import Keys
@@ -16,6 +15,7 @@ from freshviews.publish.publisher import Publisher
 from freshviews.serving.routes import parse_min_version
 from freshviews.worker.store import CacheStore, PendingWrite
 from tests.support.helpers import wait_until
+from tests.support.serving import OpenClient, StartSubscriber, put, serving_of
 from tests.support.world import World
 
 #: How long a read waits for its version here (cache_min_version_wait): the promise the waits below rely on.

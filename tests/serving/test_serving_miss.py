@@ -7,9 +7,9 @@ import asyncio
 import time
 
 from redis.asyncio import Redis
-from serving_support import OpenClient, StartSubscriber, serving_of
 
 from freshviews.core.keys import Keys
+from tests.support.serving import OpenClient, StartSubscriber, serving_of
 from tests.support.world import World
 
 

@@ -16,13 +16,13 @@ from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from prometheus_client import REGISTRY
 from redis.asyncio import Redis
-from serving_support import FAST, build_app, put
 from starlette.types import ASGIApp, Message
 
 from freshviews.core.connections import create_redis
 from freshviews.core.keys import Keys
 from freshviews.serving import Serving, ServingSettings, mount
 from tests.support.helpers import free_port
+from tests.support.serving import FAST, build_app, put
 from tests.support.world import serving_registry
 
 

@@ -9,11 +9,11 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from redis.asyncio import Redis
-from serving_support import OpenClient, put
 
 from freshviews.core import PK, Int, On, Registry, View
 from freshviews.core.keys import Keys
 from freshviews.serving import cache_router
+from tests.support.serving import OpenClient, put
 from tests.support.world import serving_registry
 
 # Valid JSON, but not what any encoder in this process would produce: spacing, key order, an escape.

@@ -10,13 +10,14 @@ import httpx
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from redis.asyncio import Redis
-from serving_support import OpenClient, RedisProxy, put, serving_of
 
 from freshviews.core.embedded import EmbeddedRedis
 from freshviews.core.keys import Keys
 from freshviews.scoreboard.main import create_app
 from freshviews.scoreboard.settings import AppSettings
 from tests.support.helpers import wait_until
+from tests.support.proxy import FaultProxy
+from tests.support.serving import OpenClient, put, serving_of
 
 READS = [
     ("/cache/item/1", {}),
@@ -58,7 +59,7 @@ async def test_a_dead_redis_gives_503_quickly_and_reads_recover_after_it_restart
 async def test_a_frozen_redis_gives_503_within_the_read_timeout(
     open_client: OpenClient, redis_server: EmbeddedRedis, redis: Redis, keys: Keys
 ) -> None:
-    proxy = RedisProxy(redis_server.port)
+    proxy = FaultProxy(redis_server.port)
     url = await proxy.start()
     try:
         client, app = await open_client(url=url, cache_redis_timeout=0.3)

@@ -15,13 +15,14 @@ from typing import Any
 import httpx
 import pytest
 from redis.asyncio import Redis
-from serving_support import SSEReader, build_app, live_server, put
 
 from freshviews.core.embedded import EmbeddedRedis
 from freshviews.core.keys import Keys
 from freshviews.serving import Serving, ServingSettings, Snapshot
 from freshviews.serving.stream import RecentEvents, encode_event
 from tests.support.helpers import wait_until
+from tests.support.serving import build_app, live_server, put
+from tests.support.sse import SSEReader
 from tests.support.world import serving_registry
 
 ODD_BYTES = b'{ "z" : 1, "a":"caf\\u00e9 \xc3\xa9" }'

@@ -1,6 +1,5 @@
-"""Helpers of the serving tests: a generic app mounting the read routes, a real uvicorn server, an SSE reader,
-cache writes through the real fenced store, and a TCP proxy in front of Redis that counts round trips and can
-freeze (a Redis that accepts connections but never answers)."""
+"""The read side for tests: a generic app mounting the read routes, a real uvicorn server, and cache writes
+through the real fenced store."""
 
 from __future__ import annotations
 
@@ -9,7 +8,6 @@ import contextlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -118,98 +116,3 @@ async def put(redis: Redis, keys: Keys, key: str, value: Any | bytes | None) -> 
     (outcome,) = await store.write([PendingWrite(key, ticket, data)])
     assert outcome.value == 1, f"write of {key} was {outcome!r}"
     return ticket
-
-
-@dataclass
-class Event:
-    event: str
-    id: str | None
-    data: str
-    raw: str
-
-    def json(self) -> Any:
-        return json.loads(self.data)
-
-
-@dataclass
-class SSEReader:
-    """Parses a text/event-stream response into events; comment lines (heartbeats) are kept apart."""
-
-    response: httpx.Response
-    comments: list[str] = field(default_factory=list)
-    _lines: AsyncIterator[str] | None = None
-
-    async def next(self, timeout: float = 5.0) -> Event:  # noqa: ASYNC109 (a deadline for a test read)
-        if self._lines is None:
-            self._lines = self.response.aiter_lines()
-        fields: dict[str, list[str]] = {}
-        raw: list[str] = []
-        async with asyncio.timeout(timeout):
-            async for line in self._lines:
-                if line == "":
-                    if fields:
-                        return Event(
-                            event=fields.get("event", ["message"])[-1],
-                            id=fields.get("id", [None])[-1],
-                            data="\n".join(fields.get("data", [])),
-                            raw="\n".join(raw),
-                        )
-                    continue
-                if line.startswith(":"):
-                    self.comments.append(line)
-                    continue
-                raw.append(line)
-                name, _, value = line.partition(":")
-                fields.setdefault(name, []).append(value[1:] if value.startswith(" ") else value)
-        raise EOFError("the stream ended")
-
-
-class RedisProxy:
-    """A TCP proxy to Redis: counts the chunks clients send (one per round trip) and can freeze all traffic."""
-
-    def __init__(self, target_port: int) -> None:
-        self._target = target_port
-        self.client_writes = 0
-        self._flowing = asyncio.Event()
-        self._flowing.set()
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._writers: list[asyncio.StreamWriter] = []
-
-    async def start(self) -> str:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        port = self._server.sockets[0].getsockname()[1]
-        return f"redis://127.0.0.1:{port}/0"
-
-    def freeze(self) -> None:
-        self._flowing.clear()
-
-    def thaw(self) -> None:
-        self._flowing.set()
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self._target)
-        self._writers += [writer, up_writer]
-        for src, dst, count in ((reader, up_writer, True), (up_reader, writer, False)):
-            task = asyncio.create_task(self._pump(src, dst, count))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    async def _pump(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, count: bool) -> None:
-        with contextlib.suppress(OSError):
-            while data := await src.read(65536):
-                await self._flowing.wait()
-                if count:
-                    self.client_writes += 1
-                dst.write(data)
-                await dst.drain()
-        dst.close()
-
-    async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        for writer in self._writers:
-            writer.close()
