@@ -26,7 +26,7 @@ from redis.asyncio import Redis
 
 from freshviews.core.keys import DATA, Keys
 from freshviews.worker.settings import SubscriberSettings
-from tests.support.processes import metric, scrape
+from tests.support.metrics import metric, scrape
 
 DEFAULT_SWEEP_INTERVAL = SubscriberSettings.model_fields["sweep_interval"].default
 IN_FLIGHT = 64

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING
 from bench_support import SOURCE, redis_executable, source_path
 
 from tests.support.helpers import free_port, wait_for
-from tests.support.processes import Process, metric, scrape, wait_http
+from tests.support.metrics import metric, scrape
+from tests.support.processes import Process, wait_http
 
 if TYPE_CHECKING:
     # Imported where used: run.py puts the measured snapshot of the product first on sys.path only after the

@@ -17,7 +17,7 @@ from bench_http import Connection
 from bench_stack import Stack
 from bench_support import Config, Figures, goal, percentile, ratio, rounded
 
-from tests.support.processes import metric, scrape
+from tests.support.metrics import metric, scrape
 
 WARMUP = 30
 

@@ -14,7 +14,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from tests.support.helpers import wait_until
-from tests.support.processes import metric
+from tests.support.metrics import metric
 from tests.support.stack import Stack, live_keys, stale_keys
 
 pytestmark = pytest.mark.slow

@@ -28,7 +28,7 @@ from freshviews.scoreboard.db import open_database
 from freshviews.scoreboard.models import OUTBOX, Player, Score
 from freshviews.scoreboard.views import registry
 from tests.support.helpers import wait_until
-from tests.support.processes import metric
+from tests.support.metrics import metric
 from tests.support.stack import Stack, live_keys, stale_keys
 
 pytestmark = pytest.mark.slow

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from freshviews.core.embedded import EmbeddedRedis
-from tests.support.processes import metric
+from tests.support.metrics import metric
 from tests.support.stack import Stack
 
 CHROMIUM = "/usr/bin/chromium"

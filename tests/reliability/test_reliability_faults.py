@@ -12,7 +12,7 @@ import pytest
 from freshviews.core.keys import DATA
 from tests.reliability.kv_world import KEYS, RECLAIM_IDLE_MS, World, converged, shows
 from tests.support.helpers import wait_until
-from tests.support.processes import metric
+from tests.support.metrics import metric
 from tests.support.world import ROWS
 
 pytestmark = pytest.mark.slow

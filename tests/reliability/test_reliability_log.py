@@ -16,7 +16,7 @@ from freshviews.core.keys import DATA
 from freshviews.publish.publisher import Publisher
 from tests.reliability.kv_world import KEYS, World, converged, shows, warmed
 from tests.support.helpers import wait_until
-from tests.support.processes import metric
+from tests.support.metrics import metric
 from tests.support.world import ROWS, Source, render
 
 pytestmark = pytest.mark.slow

@@ -8,11 +8,11 @@ from typing import Any
 import httpx
 import pytest
 from asgi_lifespan import LifespanManager
-from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
 from freshviews.core.keys import Keys
 from freshviews.serving import ServingSettings, runtime
+from tests.support.metrics import sample
 from tests.support.serving import FAST, build_app, put
 from tests.support.world import serving_registry
 
@@ -32,7 +32,7 @@ async def clients(redis_url: str) -> AsyncIterator[tuple[httpx.AsyncClient, http
 
 
 def _fast(status: str) -> float:
-    return REGISTRY.get_sample_value("freshviews_fast_reads_total", {"status": status}) or 0.0
+    return sample("freshviews_fast_reads_total", {"status": status})
 
 
 async def test_a_hot_key_gets_the_routes_answer_without_the_route(

@@ -14,7 +14,6 @@ import pytest
 import uvicorn
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
-from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 from starlette.types import ASGIApp, Message
 
@@ -22,6 +21,7 @@ from freshviews.core.connections import create_redis
 from freshviews.core.keys import Keys
 from freshviews.serving import Serving, ServingSettings, mount
 from tests.support.helpers import free_port
+from tests.support.metrics import sample
 from tests.support.serving import FAST, build_app, put
 from tests.support.world import serving_registry
 
@@ -110,4 +110,4 @@ async def test_mount_serves_the_routes_and_the_fast_path_under_its_prefix(
 
 
 def _fast_200() -> float:
-    return REGISTRY.get_sample_value("freshviews_fast_reads_total", {"status": "200"}) or 0.0
+    return sample("freshviews_fast_reads_total", {"status": "200"})

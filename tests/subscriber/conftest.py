@@ -7,12 +7,12 @@ from typing import Any
 
 import pytest
 from redis.asyncio import Redis
-from subscriber_support import MakeSubscriber
 
 from freshviews.core.keys import Keys
 from freshviews.publish.publisher import Publisher
 from freshviews.worker.service import Subscriber
 from freshviews.worker.settings import SubscriberSettings
+from tests.subscriber.helpers import MakeSubscriber
 from tests.support.world import World, registry, seeded_world
 
 

@@ -7,13 +7,14 @@ import json
 from typing import Any
 
 from redis.asyncio import Redis
-from subscriber_support import MakeSubscriber, cached, sample
 
 from freshviews.core.events import FIELD, MAX_ENCODED_BYTES, Change, Operation
 from freshviews.core.keys import DATA, Keys
 from freshviews.publish.publisher import Publisher
 from freshviews.worker.service import Subscriber
+from tests.subscriber.helpers import MakeSubscriber, cached
 from tests.support.helpers import wait_until
+from tests.support.metrics import sample
 from tests.support.world import World, item_change
 
 GROUP = "subscribers"

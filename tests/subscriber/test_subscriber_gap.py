@@ -6,11 +6,12 @@ import asyncio
 import json
 
 from redis.asyncio import Redis
-from subscriber_support import MakeSubscriber, cached, sample
 
 from freshviews.core.keys import DATA, Keys
 from freshviews.publish.publisher import Publisher
+from tests.subscriber.helpers import MakeSubscriber, cached
 from tests.support.helpers import wait_until
+from tests.support.metrics import sample
 from tests.support.world import World, item_change
 
 #: Slack on top of each bound the product promises, for a loaded 2-core machine.

@@ -6,10 +6,11 @@ import asyncio
 import json
 
 from redis.asyncio import Redis
-from subscriber_support import MakeSubscriber, cached, sample
 
 from freshviews.core.keys import DATA, REFRESH_KEY, Keys
+from tests.subscriber.helpers import MakeSubscriber, cached
 from tests.support.helpers import wait_until
+from tests.support.metrics import sample
 from tests.support.world import World
 
 

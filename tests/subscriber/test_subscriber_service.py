@@ -9,12 +9,12 @@ import logging
 import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from subscriber_support import MakeSubscriber, cached, stop
 
 from freshviews.core.connections import create_redis
 from freshviews.core.embedded import EmbeddedRedis
 from freshviews.core.keys import DATA, Keys
 from freshviews.publish.publisher import Publisher
+from tests.subscriber.helpers import MakeSubscriber, cached, stop
 from tests.support.helpers import wait_until
 from tests.support.world import World, item_change
 

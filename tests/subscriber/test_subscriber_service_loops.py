@@ -15,13 +15,14 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from subscriber_support import MakeSubscriber, cached, sample, stop
 
 from freshviews.core.connections import RedisConfigError
 from freshviews.core.keys import DATA, Keys
 from freshviews.publish.publisher import Publisher
 from freshviews.worker.service import REDIS_RETRY_FIRST, SOURCE_RETRY_FIRST
+from tests.subscriber.helpers import MakeSubscriber, cached, stop
 from tests.support.helpers import wait_until
+from tests.support.metrics import sample
 from tests.support.world import World, item_change
 
 #: Slack on top of each bound the product promises, for a loaded 2-core machine.

@@ -7,12 +7,12 @@ import json
 from collections.abc import Awaitable, Callable
 
 from redis.asyncio import Redis
-from subscriber_support import MakeSubscriber, cached
 
 from freshviews.core.keys import DATA, DIGEST, FENCE, TOMBSTONE, VERSION, Keys
 from freshviews.publish.publisher import Publisher
 from freshviews.worker.recompute import Recomputer
 from freshviews.worker.store import CacheStore, PendingWrite, WriteOutcome, digest
+from tests.subscriber.helpers import MakeSubscriber, cached
 from tests.support.helpers import wait_until
 from tests.support.world import World, item_change, registry
 

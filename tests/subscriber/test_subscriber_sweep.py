@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 
 from redis.asyncio import Redis
-from subscriber_support import MakeSubscriber, cached, sample
 
 from freshviews.core.keys import DATA, DIGEST, FENCE, TOMBSTONE, VERSION, Keys
 from freshviews.worker.store import PendingWrite
+from tests.subscriber.helpers import MakeSubscriber, cached
+from tests.support.metrics import sample
 from tests.support.world import World
 
 REPAIRS = "freshviews_sweep_repairs_total"

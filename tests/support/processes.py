@@ -1,5 +1,5 @@
 """Child processes of the tests and benchmarks: started with their output in a log file, stopped with SIGTERM and
-then SIGKILL, waited on over HTTP, and their Prometheus metrics read.
+then SIGKILL, waited on over HTTP (their metrics are read with tests/support/metrics.py).
 
 Nothing of the product is imported here: the benchmarks load this module before they put the measured snapshot
 of the product on ``sys.path``, and point their children's ``PYTHONPATH`` at that snapshot through ``env``.
@@ -118,20 +118,3 @@ def wait_http(url: str, proc: Process, timeout: float = 60) -> None:
         return answers(url)
 
     wait_for(up, timeout, message=lambda: f"{url} did not answer within {timeout}s:\n{proc.log()}")
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    """Sum of a Prometheus sample in exposition text over the series matching ``labels`` (0 when absent)."""
-    total = 0.0
-    for line in text.splitlines():
-        if not (line.startswith(name + "{") or line.startswith(name + " ")):
-            continue
-        head, _, value = line.rpartition(" ")
-        if all(f'{k}="{v}"' in head for k, v in labels.items()):
-            total += float(value)
-    return total
-
-
-def scrape(url: str) -> str:
-    """A /metrics page."""
-    return httpx.get(url, timeout=10).text

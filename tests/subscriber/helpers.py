@@ -6,7 +6,6 @@ import asyncio
 import time
 from collections.abc import Callable
 
-from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
 from freshviews.core.keys import Keys
@@ -14,11 +13,6 @@ from freshviews.worker.service import Subscriber
 
 #: Builds a Subscriber on the test Redis (the ``make_subscriber`` fixture).
 MakeSubscriber = Callable[..., Subscriber]
-
-
-def sample(name: str, labels: dict[str, str] | None = None) -> float:
-    """Current value of a Prometheus sample (0 when the labelled child was never created)."""
-    return REGISTRY.get_sample_value(name, labels or {}) or 0.0
 
 
 async def cached(redis: Redis, keys: Keys, view_key: str) -> dict[bytes, bytes]:
