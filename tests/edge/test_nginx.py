@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.edge.edge_support import Nginx
+from tests.edge.nginx import Nginx
 from tests.support.helpers import free_port
 from tests.support.sse import Event, SSEReader
 from tests.support.stack import Stack

@@ -8,9 +8,9 @@ from redis.asyncio import Redis
 
 from freshviews.core.keys import DATA, DIGEST, FENCE, TOMBSTONE, VERSION, Keys
 from freshviews.worker.store import PendingWrite
-from tests.subscriber.helpers import MakeSubscriber, cached
 from tests.support.metrics import sample
 from tests.support.world import World
+from tests.worker.helpers import MakeSubscriber, cached
 
 REPAIRS = "freshviews_sweep_repairs_total"
 

@@ -12,9 +12,9 @@ from freshviews.core.keys import DATA, DIGEST, FENCE, TOMBSTONE, VERSION, Keys
 from freshviews.publish.publisher import Publisher
 from freshviews.worker.recompute import Recomputer
 from freshviews.worker.store import CacheStore, PendingWrite, WriteOutcome, digest
-from tests.subscriber.helpers import MakeSubscriber, cached
 from tests.support.helpers import wait_until
 from tests.support.world import World, item_change, registry
+from tests.worker.helpers import MakeSubscriber, cached
 
 Updates = Callable[[], Awaitable[list[str]]]
 KEY = "item/1"

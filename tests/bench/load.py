@@ -24,13 +24,12 @@ import random
 import time
 from typing import Any
 
-from bench_http import Pool, poll
-from bench_stack import Stack
-from bench_support import Config, Figures, goal, ratio, rounded
-
 from freshviews.scoreboard.models import REGIONS
 from freshviews.scoreboard.simulate import Summary, simulate
 from freshviews.worker.settings import SubscriberSettings
+from tests.bench.clients import Pool, poll
+from tests.bench.common import Config, Figures, goal, ratio, rounded
+from tests.bench.stack import Stack
 from tests.support.processes import Process, wait_http
 
 logger = logging.getLogger(__name__)

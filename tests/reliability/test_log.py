@@ -14,7 +14,7 @@ from freshviews.core.embedded import EmbeddedRedis
 from freshviews.core.events import Change, Operation
 from freshviews.core.keys import DATA
 from freshviews.publish.publisher import Publisher
-from tests.reliability.kv_world import KEYS, World, converged, shows, warmed
+from tests.reliability.harness import KEYS, World, converged, shows, warmed
 from tests.support.helpers import wait_until
 from tests.support.metrics import metric
 from tests.support.world import ROWS, Source, render

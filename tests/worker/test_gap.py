@@ -9,10 +9,10 @@ from redis.asyncio import Redis
 
 from freshviews.core.keys import DATA, Keys
 from freshviews.publish.publisher import Publisher
-from tests.subscriber.helpers import MakeSubscriber, cached
 from tests.support.helpers import wait_until
 from tests.support.metrics import sample
 from tests.support.world import World, item_change
+from tests.worker.helpers import MakeSubscriber, cached
 
 #: Slack on top of each bound the product promises, for a loaded 2-core machine.
 MARGIN = 2.0

@@ -14,9 +14,9 @@ from freshviews.core.connections import create_redis
 from freshviews.core.embedded import EmbeddedRedis
 from freshviews.core.keys import DATA, Keys
 from freshviews.publish.publisher import Publisher
-from tests.subscriber.helpers import MakeSubscriber, cached, stop
 from tests.support.helpers import wait_until
 from tests.support.world import World, item_change
+from tests.worker.helpers import MakeSubscriber, cached, stop
 
 
 async def _name(redis: Redis, keys: Keys, item_id: int) -> str | None:

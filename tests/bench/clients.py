@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench_support import percentile, seconds_of
+from tests.bench.common import percentile, seconds_of
 
 
 class HttpError(Exception):

@@ -4,7 +4,7 @@ Same server settings as ``python -m app serve --no-access-log`` (one worker, uvi
 parser, no access log) and the same response headers as ``GET /cache/{key}``, so the ratio of the two rates is
 what the cache route itself costs: key parsing, the middleware, the Redis round trip.
 
-Usage: ``python bench_bare_app.py PORT BODY_FILE ETAG CACHE_CONTROL``.
+Usage: ``python tests/bench/bare_app.py PORT BODY_FILE ETAG CACHE_CONTROL``.
 """
 
 from __future__ import annotations

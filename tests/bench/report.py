@@ -76,7 +76,7 @@ def markdown(results: dict[str, Any]) -> str:
 
 def _derived_lines(ax: Any, load: dict[str, Any]) -> None:
     """Dashed: the naive backend's demand had it kept up, and change-driven plus its default sweep, amortised."""
-    from bench_load import DEFAULT_SWEEP_INTERVAL, naive_demand
+    from tests.bench.load import DEFAULT_SWEEP_INTERVAL, naive_demand
 
     systems = load["systems"]
     ns = [w["clients"] for w in systems["naive"]["windows"]]

@@ -20,10 +20,10 @@ from freshviews.core.connections import RedisConfigError
 from freshviews.core.keys import DATA, Keys
 from freshviews.publish.publisher import Publisher
 from freshviews.worker.service import REDIS_RETRY_FIRST, SOURCE_RETRY_FIRST
-from tests.subscriber.helpers import MakeSubscriber, cached, stop
 from tests.support.helpers import wait_until
 from tests.support.metrics import sample
 from tests.support.world import World, item_change
+from tests.worker.helpers import MakeSubscriber, cached, stop
 
 #: Slack on top of each bound the product promises, for a loaded 2-core machine.
 MARGIN = 2.0

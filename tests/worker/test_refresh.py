@@ -8,10 +8,10 @@ import json
 from redis.asyncio import Redis
 
 from freshviews.core.keys import DATA, REFRESH_KEY, Keys
-from tests.subscriber.helpers import MakeSubscriber, cached
 from tests.support.helpers import wait_until
 from tests.support.metrics import sample
 from tests.support.world import World
+from tests.worker.helpers import MakeSubscriber, cached
 
 
 def _requested(outcome: str) -> float:

@@ -16,12 +16,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
-from bench_http import Connection
-from bench_stack import Stack
-from bench_support import Config, Figures, percentile
 from redis.asyncio import Redis
 
 from freshviews.core.keys import Keys
+from tests.bench.clients import Connection
+from tests.bench.common import Config, Figures, percentile
+from tests.bench.stack import Stack
 
 ROUTE = "/cache/stream"
 PLAYER = 1

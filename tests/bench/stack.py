@@ -13,9 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bench_support import SOURCE, redis_executable, source_path
-
-from tests.support.helpers import free_port, wait_for
+from tests.bench.common import SOURCE, source_path
+from tests.support.helpers import free_port, redis_executable, wait_for
 from tests.support.metrics import metric, scrape
 from tests.support.processes import Process, wait_http
 

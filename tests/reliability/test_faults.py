@@ -10,7 +10,7 @@ import time
 import pytest
 
 from freshviews.core.keys import DATA
-from tests.reliability.kv_world import KEYS, RECLAIM_IDLE_MS, World, converged, shows
+from tests.reliability.harness import KEYS, RECLAIM_IDLE_MS, World, converged, shows
 from tests.support.helpers import wait_until
 from tests.support.metrics import metric
 from tests.support.world import ROWS

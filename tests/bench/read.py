@@ -1,9 +1,9 @@
 """Benchmark 3: what the cache read route costs, as a ratio of request rates under the same load tool.
 
 ``GET /cache/{key}`` (stored bytes from Redis, ETag) against a bare FastAPI route returning the same bytes
-and headers from memory (``bench_bare_app.py``, same uvicorn settings), for 200s and for 304s
+and headers from memory (``bare_app.py``, same uvicorn settings), for 200s and for 304s
 (``If-None-Match`` with the current version), against the naive route computing the view, and with
-redis-py's parser switched from hiredis to pure Python (``bench_nohiredis.py``). Configurations run in
+redis-py's parser switched from hiredis to pure Python (``nohiredis.py``). Configurations run in
 turns, ``read_rounds`` times each, and the median rate of each is used, so slow drift of a noisy machine
 falls on all of them alike.
 """
@@ -16,9 +16,6 @@ import sys
 from typing import Any
 
 import httpx
-from bench_http import RateResult, run_python_rate, run_wrk, wrk_available
-from bench_stack import Stack
-from bench_support import BENCH_DIR, Config, Figures, ratio, rounded
 
 from freshviews.core.connections import create_redis
 from freshviews.core.keys import Keys
@@ -26,6 +23,9 @@ from freshviews.scoreboard.db import open_database
 from freshviews.scoreboard.views import registry
 from freshviews.worker.recompute import Recomputer
 from freshviews.worker.store import CacheStore
+from tests.bench.clients import RateResult, run_python_rate, run_wrk, wrk_available
+from tests.bench.common import BENCH_DIR, Config, Figures, ratio, rounded
+from tests.bench.stack import Stack
 from tests.support.helpers import free_port
 from tests.support.processes import Process, wait_http
 
@@ -64,7 +64,7 @@ async def run(config: Config) -> dict[str, Any]:
     stacks = {
         "hiredis": Stack(workdir=work / "hiredis", database_file=database),
         "python_parser": Stack(
-            workdir=work / "python-parser", database_file=database, launcher=[str(BENCH_DIR / "bench_nohiredis.py")]
+            workdir=work / "python-parser", database_file=database, launcher=[str(BENCH_DIR / "nohiredis.py")]
         ),
     }
     bare: Process | None = None
@@ -85,7 +85,7 @@ async def run(config: Config) -> dict[str, Any]:
         bare_port = free_port()
         bare = Process(
             "bare",
-            [sys.executable, str(BENCH_DIR / "bench_bare_app.py"), str(bare_port), str(body_file), etag, cache_control],
+            [sys.executable, str(BENCH_DIR / "bare_app.py"), str(bare_port), str(body_file), etag, cache_control],
             stacks["hiredis"].env(),
             work / "bare.log",
             cwd=work,

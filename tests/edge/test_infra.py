@@ -27,7 +27,7 @@ from freshviews.core.views import Registry
 from freshviews.scoreboard.settings import AppSettings
 from freshviews.worker.cli import load_registry
 from freshviews.worker.settings import SubscriberSettings
-from tests.edge.edge_support import INFRA, NGINX_PLACEHOLDERS, NGINX_TEMPLATE, REPO, placeholders
+from tests.edge.nginx import INFRA, NGINX_PLACEHOLDERS, NGINX_TEMPLATE, REPO, placeholders
 from tests.support.helpers import free_port
 from tests.support.stack import Stack
 

@@ -1,5 +1,6 @@
-"""``freshviews`` and ``python -m freshviews.scoreboard``: help, seed, and the whole demo stack started and stopped
-by one command."""
+"""The ``freshviews`` command: its help, and the whole demo stack started and stopped by one command
+(``freshviews demo``). The subscriber's commands are tested in tests/worker/test_cli.py, the scoreboard's tools in
+tests/scoreboard/test_cli.py."""
 
 from __future__ import annotations
 
@@ -32,11 +33,9 @@ def env_for(tmp_path: Path, redis_url: str, **extra: str) -> dict[str, str]:
     return env
 
 
-def run(
-    args: list[str], env: dict[str, str] | None = None, timeout: float = 60, *, module: str = "freshviews"
-) -> subprocess.CompletedProcess[str]:
+def run(args: list[str], env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", module, *args],
+        [sys.executable, "-m", "freshviews", *args],
         env=env,
         capture_output=True,
         text=True,
@@ -52,24 +51,6 @@ def test_help_lists_every_command() -> None:
         assert command in result.stdout
     for command in ("demo", "serve", "subscriber", "sweep", "check"):
         assert run([command, "--help"]).returncode == 0
-    tools = run(["--help"], module="freshviews.scoreboard")
-    assert tools.returncode == 0
-    for command in ("seed", "simulate"):
-        assert command in tools.stdout
-
-
-def test_seed_seeds_once(tmp_path: Path, redis_url: str) -> None:
-    env = env_for(tmp_path, redis_url)
-    first, second = (
-        run(["seed"], env, module="freshviews.scoreboard"),
-        run(["seed"], env, module="freshviews.scoreboard"),
-    )
-    assert (first.returncode, second.returncode) == (0, 0), first.stderr + second.stderr
-    assert first.stdout.startswith("seeded")
-    assert second.stdout.startswith("already seeded")
-    assert (tmp_path / "data" / "scoreboard.db").is_file()
-    third = run(["seed", "--reset"], env, module="freshviews.scoreboard")
-    assert third.stdout.startswith("seeded"), third.stderr
 
 
 @pytest.mark.slow

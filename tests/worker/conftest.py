@@ -12,8 +12,8 @@ from freshviews.core.keys import Keys
 from freshviews.publish.publisher import Publisher
 from freshviews.worker.service import Subscriber
 from freshviews.worker.settings import SubscriberSettings
-from tests.subscriber.helpers import MakeSubscriber
 from tests.support.world import World, registry, seeded_world
+from tests.worker.helpers import MakeSubscriber
 
 
 @pytest.fixture

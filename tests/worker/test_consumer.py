@@ -12,10 +12,10 @@ from freshviews.core.events import FIELD, MAX_ENCODED_BYTES, Change, Operation
 from freshviews.core.keys import DATA, Keys
 from freshviews.publish.publisher import Publisher
 from freshviews.worker.service import Subscriber
-from tests.subscriber.helpers import MakeSubscriber, cached
 from tests.support.helpers import wait_until
 from tests.support.metrics import sample
 from tests.support.world import World, item_change
+from tests.worker.helpers import MakeSubscriber, cached
 
 GROUP = "subscribers"
 HISTOGRAM = "freshviews_changes_per_recompute"

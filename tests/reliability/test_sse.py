@@ -1,7 +1,7 @@
 """SSE abuse: hundreds of streams, half of them killed abruptly and the rest frozen (they stop reading while
 updates keep coming), cycle after cycle. Within ping + send timeout + 1 s every stream is gone and the server
 is back to its baseline (tasks, open file descriptors, Redis client connections), and memory does not creep up
-over the cycles. The caps' 503 and 429 are tested in tests/serving/test_serving_stream.py."""
+over the cycles. The caps' 503 and 429 are tested in tests/serving/test_stream.py."""
 
 from __future__ import annotations
 
