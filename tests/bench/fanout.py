@@ -141,7 +141,7 @@ async def _round(stack: Stack, redis: Redis, clients: list[SseClient], points: i
                 if key == KEY:
                     notified, version = time.time(), int(text)
     finally:
-        await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
+        await pubsub.aclose()
     if version is None:
         return {"version": None, "from_commit": [], "from_notification": [], "missing_clients": len(clients)}
     while time.monotonic() < deadline and any(c.newest() < version for c in clients):  # noqa: ASYNC110

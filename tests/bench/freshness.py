@@ -74,7 +74,7 @@ class Tracker:
                 self.seen[player].append((arrived, ids))
                 self._match(player)
         finally:
-            await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
+            await pubsub.aclose()
 
     def _match(self, player: int) -> None:
         still: list[Write] = []

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import cast
 
 import httpx
 import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
+from redis.typing import EncodableT, FieldT
 
 from tests.support.helpers import wait_until
 from tests.support.metrics import metric
@@ -217,7 +219,7 @@ async def test_poison_is_dead_lettered_and_healthy_changes_keep_flowing(stack: S
     stack.start_subscriber()
     stack.start_app()
     await _warmed(stack)
-    poison = [
+    poison: list[dict[FieldT, EncodableT]] = [
         {"c": b"not json"},
         {"c": b'{"s": 1, "e": "score"}'},  # no id, no op
         {"x": b"no change field"},
@@ -232,7 +234,7 @@ async def test_poison_is_dead_lettered_and_healthy_changes_keep_flowing(stack: S
         elapsed = await _fresh(client, ["team/2"], since=started, stack=stack)
         assert elapsed < FRESH_WITHIN
     await wait_until(lambda: _drained(redis), timeout=10, message="poison left pending")
-    letters = await redis.xrange("fv:dead")
+    letters = cast("list[tuple[bytes, dict[bytes, bytes]]]", await redis.xrange("fv:dead"))
     assert len(letters) == len(poison)
     kinds = sorted(fields[b"kind"].decode() for _, fields in letters)
     assert kinds == ["decode", "decode", "decode"]

@@ -6,8 +6,10 @@ import asyncio
 import json
 import signal
 import time
+from typing import cast
 
 import pytest
+from redis.typing import EncodableT, FieldT
 
 from freshviews.core.keys import DATA
 from tests.reliability.harness import KEYS, RECLAIM_IDLE_MS, World, converged, shows
@@ -66,7 +68,7 @@ async def test_a_frozen_consumer_is_fenced_when_it_wakes(world: World) -> None:
         lambda: _fenced(world, "zombie"), timeout=10, message=f"no fence rejection counted\n{world.logs()}"
     )
     await converged(world, within=2)
-    assert json.loads(await world.cache.hget(KEYS.value("kv/7"), DATA))["w"] == "new"
+    assert json.loads(cast(bytes, await world.cache.hget(KEYS.value("kv/7"), DATA)))["w"] == "new"
     assert not world.violations, world.violations[:5]
 
 
@@ -84,7 +86,7 @@ async def _fenced(world: World, name: str) -> bool:
 async def test_poison_is_dead_lettered_and_healthy_changes_keep_flowing(world: World) -> None:
     world.start("sub-1")
     await wait_until(lambda: world.cache.exists(KEYS.value("kv/1")), timeout=30, message="no warm-up")
-    poison: list[dict[bytes | str, bytes | str]] = [
+    poison: list[dict[FieldT, EncodableT]] = [
         {"c": b"\x00\xffnot json"},
         {"c": b'{"s": 1, "e": "row"}'},  # no id, no operation
         {"c": b'{"s": 1, "e": 5, "i": [1], "o": "zz", "t": "later"}'},  # wrong types
@@ -102,7 +104,7 @@ async def test_poison_is_dead_lettered_and_healthy_changes_keep_flowing(world: W
         await wait_until(lambda: shows(world, 42, f"after poison {len(lags)}"), timeout=5, message=world.logs())
         lags.append(time.monotonic() - started)
     await wait_until(lambda: _no_pending(world), timeout=5, message="poison left pending")
-    letters = await world.cache.xrange(KEYS.dead_letters)
+    letters = cast("list[tuple[bytes, dict[bytes, bytes]]]", await world.cache.xrange(KEYS.dead_letters))
     assert len(letters) == len(poison)
     assert all(fields[b"reason"] for _, fields in letters)
     assert max(lags) < 1.0, lags

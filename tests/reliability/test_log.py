@@ -7,6 +7,7 @@ import asyncio
 import json
 import random
 import time
+from typing import cast
 
 import pytest
 
@@ -73,7 +74,7 @@ async def test_reordered_and_duplicated_changes_leave_the_same_bytes(world: Worl
     for start in range(0, len(again), 200):
         await world.publisher.publish(*again[start : start + 200])
     await converged(world, within=5)
-    rows = [await world.source.hgetall(Source.row(i)) for i in range(1, ROWS + 1)]
+    rows = [cast("dict[bytes, bytes]", await world.source.hgetall(Source.row(i))) for i in range(1, ROWS + 1)]
     stored = [await world.cache.hget(KEYS.value(f"kv/{i}"), DATA) for i in range(1, ROWS + 1)]
     clean = [json.dumps(render(i, row), separators=(",", ":")).encode() for i, row in enumerate(rows, start=1)]
     assert stored == clean

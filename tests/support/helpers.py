@@ -33,7 +33,8 @@ def free_port() -> int:
 
 
 async def wait_until(
-    predicate: Callable[[], Awaitable[bool]] | Callable[[], bool],
+    # Truthiness is the condition: a count, a list or a value read back all serve.
+    predicate: Callable[[], Awaitable[object]] | Callable[[], object],
     # A plain timeout argument rather than asyncio.timeout(): on expiry the caller wants an AssertionError
     # carrying its message, not a TimeoutError from wherever the predicate happened to be.
     timeout: float,  # noqa: ASYNC109
@@ -59,7 +60,7 @@ async def wait_until(
 
 
 def wait_for(
-    predicate: Callable[[], bool],
+    predicate: Callable[[], object],
     timeout: float,
     *,
     interval: float = 0.05,

@@ -25,12 +25,12 @@ from freshviews.worker.store import CacheStore, PendingWrite
 from tests.support.helpers import free_port, wait_until
 
 #: Short waits so that the tests of misses and timeouts stay fast.
-FAST = {"cache_miss_wait": 0.3, "cache_min_version_wait": 1.0, "cache_redis_timeout": 0.5}
+FAST: dict[str, Any] = {"cache_miss_wait": 0.3, "cache_min_version_wait": 1.0, "cache_redis_timeout": 0.5}
 
 #: ``await open_client(url=..., **settings)`` (fixture): an app over ASGI and an httpx client for it.
 OpenClient = Callable[..., Awaitable[tuple[httpx.AsyncClient, FastAPI]]]
 #: ``await start_subscriber(**settings)`` (fixture): a real subscriber running all its loops.
-StartSubscriber = Callable[..., Awaitable[Subscriber]]
+StartSubscriber = Callable[..., Awaitable[Subscriber[Any]]]
 
 
 def serving_of(app: FastAPI) -> Serving:

@@ -31,7 +31,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from redis.asyncio import Redis
 
@@ -237,7 +237,7 @@ async def compute_kv(src: Source, id: int) -> Any:
     fields = await src.redis.hgetall(Source.row(id))
     if src.delay and (src.delayed is None or id in src.delayed):
         await asyncio.sleep(src.delay)  # the row is read: a write landing now makes this result stale
-    return MISSING if not fields else render(id, fields)
+    return MISSING if not fields else render(id, cast("dict[bytes, bytes]", fields))
 
 
 async def enumerate_kv(src: Source) -> Iterable[Params]:

@@ -25,7 +25,9 @@ def world() -> World:
 def make_subscriber(redis: Redis, redis_url: str, keys: Keys, world: World) -> MakeSubscriber:
     """Build a Subscriber on the test Redis for ``world``, in burst-friendly settings; overrides by keyword."""
 
-    def make(*, consumer: str = "c1", client: Redis | None = None, ctx: World | None = None, **overrides: Any):
+    def make(
+        *, consumer: str = "c1", client: Redis | None = None, ctx: World | None = None, **overrides: Any
+    ) -> Subscriber[World]:
         options: dict[str, Any] = {
             "redis_url": redis_url,
             "consumer": consumer,
