@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import signal
 import time
@@ -15,7 +14,7 @@ from freshviews.core.keys import DATA
 from tests.reliability.harness import KEYS, RECLAIM_IDLE_MS, World, converged, shows
 from tests.support.helpers import wait_until
 from tests.support.metrics import metric
-from tests.support.world import ROWS
+from tests.support.world import ROWS, Source
 
 pytestmark = pytest.mark.slow
 
@@ -44,12 +43,15 @@ async def test_a_subscriber_killed_mid_batch_loses_nothing(world: World, writes:
 async def test_a_frozen_consumer_is_fenced_when_it_wakes(world: World) -> None:
     zombie = world.start("zombie", KV_DELAY_MS="1500", KV_DELAY_ROWS="7")
     await wait_until(lambda: world.cache.exists(KEYS.value("kv/1")), timeout=60, message="no warm-up")
+    held = int(await world.source.get(Source.HELD) or 0)
     await world.write([7], writer="old")
     # Wait until the zombie holds the change: it has read row 7 and sleeps on it.
     await wait_until(
         lambda: _pending_on(world, "zombie"), timeout=10, message=f"the zombie never took the change\n{world.logs()}"
     )
-    await asyncio.sleep(0.2)
+    await wait_until(
+        lambda: _held_since(world, held), timeout=10, message=f"the zombie never read the row\n{world.logs()}"
+    )
     zombie.signal(signal.SIGSTOP)
     try:
         await world.write([7], writer="new")
@@ -60,7 +62,8 @@ async def test_a_frozen_consumer_is_fenced_when_it_wakes(world: World) -> None:
             timeout=10,
             message=f"the zombie's change was not reclaimed\n{world.logs()}",
         )
-        await asyncio.sleep(2 * RECLAIM_IDLE_MS / 1000)
+        # The newer value lands while the zombie still sleeps: its stale result must meet the fence.
+        await wait_until(lambda: shows(world, 7, "new"), timeout=10, message=world.logs())
     finally:
         zombie.signal(signal.SIGCONT)
     # The zombie wakes and finishes its stale compute; the fence refuses the write.
@@ -70,6 +73,10 @@ async def test_a_frozen_consumer_is_fenced_when_it_wakes(world: World) -> None:
     await converged(world, within=2)
     assert json.loads(cast(bytes, await world.cache.hget(KEYS.value("kv/7"), DATA)))["w"] == "new"
     assert not world.violations, world.violations[:5]
+
+
+async def _held_since(world: World, held: int) -> bool:
+    return int(await world.source.get(Source.HELD) or 0) > held
 
 
 async def _pending_on(world: World, consumer: str, expect: int | None = None) -> bool:

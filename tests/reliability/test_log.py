@@ -104,7 +104,13 @@ async def test_a_log_trimmed_past_unread_changes_is_detected_once_and_swept(worl
         return metric(await world.metrics("sub-2"), "freshviews_sweeps_total", reason="gap") == 1
 
     await wait_until(swept, timeout=5, message="no gap sweep")
-    await asyncio.sleep(1)  # several reclaim rounds: the same hole must not be reported again
+    rounds = metric(await world.metrics("sub-2"), "freshviews_reclaim_rounds_total")
+
+    async def checked_again() -> bool:
+        return metric(await world.metrics("sub-2"), "freshviews_reclaim_rounds_total") >= rounds + 3
+
+    # Three more rounds, each checking the log for gaps: the same hole must not be reported again.
+    await wait_until(checked_again, timeout=10, message="the reclaim loop stopped")
     text = await world.metrics("sub-2")
     assert metric(text, "freshviews_log_gaps_total") == 1
     assert metric(text, "freshviews_sweeps_total", reason="gap") == 1

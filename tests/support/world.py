@@ -17,9 +17,9 @@ enumerations, raise. Variants:
 **Rows** (in a Redis of their own, for subscriber processes): a row is a hash ``row:<id>`` (``n``, a counter,
 and ``w``, the writer) in the Redis named by ``KV_SOURCE_URL``, never the cache's; ``kv/{id}`` renders one row
 and embeds its own key, so a reader can tell if it ever got another key's value. ``KV_DELAY_MS`` holds each
-compute that long after it read the row (to catch a subscriber mid-batch); ``KV_DELAY_ROWS`` (ids, comma
-separated) limits that to some rows. Subprocesses name it ``--views tests.support.world:kv_registry`` with the
-repository root on ``PYTHONPATH``.
+compute that long after it read the row (to catch a subscriber mid-batch; ``Source.HELD`` counts them);
+``KV_DELAY_ROWS`` (ids, comma separated) limits that to some rows. Subprocesses name it
+``--views tests.support.world:kv_registry`` with the repository root on ``PYTHONPATH``.
 """
 
 from __future__ import annotations
@@ -216,6 +216,9 @@ class Source:
     #: Rows whose computes are held (None: all).
     delayed: frozenset[int] | None = None
 
+    #: Counts the computes held so far, so that a test can wait for a subscriber to be inside one.
+    HELD = "held"
+
     @staticmethod
     def row(row_id: int) -> str:
         return f"row:{row_id}"
@@ -236,6 +239,7 @@ async def seed_rows(redis: Redis) -> None:
 async def compute_kv(src: Source, id: int) -> Any:
     fields = await src.redis.hgetall(Source.row(id))
     if src.delay and (src.delayed is None or id in src.delayed):
+        await src.redis.incr(Source.HELD)
         await asyncio.sleep(src.delay)  # the row is read: a write landing now makes this result stale
     return MISSING if not fields else render(id, cast("dict[bytes, bytes]", fields))
 

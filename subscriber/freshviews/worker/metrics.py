@@ -23,6 +23,9 @@ SWEEPS = Counter("freshviews_sweeps_total", "Completed sweeps", ["reason"])
 SWEEP_SECONDS = Histogram("freshviews_sweep_seconds", "Duration of a sweep", buckets=(0.1, 0.5, 1, 5, 10, 30, 60, 300))
 DEAD_LETTERS = Counter("freshviews_dead_letters_total", "Changes moved to the dead-letter stream", ["reason"])
 LOG_GAPS = Counter("freshviews_log_gaps_total", "Times the change log was found trimmed past unread changes")
+RECLAIM_ROUNDS = Counter(
+    "freshviews_reclaim_rounds_total", "Rounds of the reclaim loop (idle changes reclaimed, gauges set, gaps checked)"
+)
 RECLAIMED = Counter("freshviews_changes_reclaimed_total", "Pending changes reclaimed from idle consumers")
 STREAM_LAG = Gauge("freshviews_stream_lag", "Changes in the log not yet delivered to this consumer group")
 PENDING = Gauge("freshviews_stream_pending", "Changes delivered but not yet acknowledged")

@@ -253,6 +253,7 @@ class Subscriber(Generic[Ctx]):
             await self.process(reclaimed)
         await self.consumer.update_gauges()
         await self._check_gap()
+        metrics.RECLAIM_ROUNDS.inc()
         await self._sleep(self._settings.reclaim_interval)
 
     async def _check_gap(self) -> None:
