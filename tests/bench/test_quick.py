@@ -41,7 +41,13 @@ EXPECTED: dict[str, list[str]] = {
         "hiredis_over_python_parser_200",
         "hiredis_over_python_parser_304",
     ],
-    "write": ["hook_p50_ms", "no_hook_p50_ms", "hook_over_no_hook_p50", "hook_over_no_hook_p99"],
+    "write": [
+        "capture_p50_ms",
+        "no_hook_p50_ms",
+        "capture_over_no_hook_p50",
+        "capture_over_no_hook_p99",
+        "xadd_per_relayed_row",
+    ],
     "subscriber": ["changes_per_s", "round_trips_per_batch", "changes_per_batch"],
     "fanout": ["commit_to_client_p50_ms_k100", "commit_to_client_p99_ms_k100"],
 }
