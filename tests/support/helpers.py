@@ -24,6 +24,13 @@ def redis_executable() -> str:
     return os.environ.get("TEST_REDIS_SERVER") or shutil.which("redis-server") or find_redis_server()
 
 
+#: What a shared, busy machine (CI runs next to other jobs, with the suite's own processes on two cores) may add
+#: to a bound a test puts on one of the product's promises: a test fails when the product misses its promise by
+#: more than this, not when the machine is slow. Used only where a broken product would miss by far more (a
+#: write that depended on the sweep, disabled in those tests, would never arrive).
+BUSY_MARGIN = 2.0
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
