@@ -116,6 +116,9 @@ async def _window(stack: Stack, config: Config, n: int, cached: bool, writes: Su
         "queries_per_write": rounded(ratio(app_q + sub_q, writes_after - writes_before), 2),
         "queries_per_answered_read": rounded(ratio(app_q, reads.completed)) if not cached else None,
         "reads": read_summary,
+        # The client's own bookkeeping: idle connections it closed before the server's keep-alive timeout, and
+        # GETs it resent once after losing that race anyway (so every error counted above is the server's).
+        "connections": {"opened": pool.opened, "expired_idle": pool.expired, "retried_once": pool.retried},
     }
 
 
