@@ -15,6 +15,9 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 from redis.typing import EncodableT, FieldT
 
+from freshviews.core.keys import Keys
+from freshviews.worker.check import check
+from freshviews.worker.settings import SubscriberSettings
 from tests.support.helpers import BUSY_MARGIN, wait_until
 from tests.support.metrics import metric
 from tests.support.stack import Stack, live_keys, stale_keys
@@ -242,3 +245,32 @@ async def test_poison_is_dead_lettered_and_healthy_changes_keep_flowing(stack: S
     assert kinds == ["decode", "decode", "decode"]
     assert all(fields[b"reason"] for _, fields in letters)
     assert stack.subscribers[0].running
+
+
+async def test_readyz_says_when_the_cache_is_warm(stack: Stack, redis: Redis) -> None:
+    stack.start_app()
+    async with httpx.AsyncClient(base_url=stack.base_url, timeout=10) as client:
+        # No subscriber yet: nothing has filled the cache.
+        answer = await client.get("/readyz")
+        assert answer.status_code == 503, answer.text
+        assert answer.json()["status"] == "warming"
+        assert answer.headers["retry-after"] == "1"
+        subscriber = stack.start_subscriber()
+
+        async def ready() -> bool:
+            return (await client.get("/readyz")).status_code == 200
+
+        await wait_until(ready, timeout=60, interval=0.05, message=f"never ready\n{stack.logs()}")
+        # Ready means filled: every key the registry enumerates is in Redis, none left to the miss path.
+        keys = Keys()
+        live = await live_keys(stack.database_url or "")
+        missing = [key for key in live if not await redis.exists(keys.value(key))]
+        assert not missing, missing[:5]
+        # The same signal in `freshviews check`.
+        health = await check(redis, SubscriberSettings(redis_url=stack.redis_url))
+        assert health.details["cache"] == "warm"
+        # Redis losing its data (a restart without persistence) takes the signal with it (the subscriber stopped
+        # first, or its recovery sweep would race the read below and fill the cache again).
+        subscriber.stop()
+        await redis.flushall()
+        assert (await client.get("/readyz")).status_code == 503

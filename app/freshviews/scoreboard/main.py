@@ -27,7 +27,7 @@ from freshviews.scoreboard.seed import ensure_seeded
 from freshviews.scoreboard.settings import AppSettings
 from freshviews.scoreboard.views import registry
 from freshviews.scoreboard.writes import write_router
-from freshviews.serving import Serving, mount
+from freshviews.serving import CacheUnavailableError, Serving, mount
 
 logger = logging.getLogger(__name__)
 
@@ -98,11 +98,30 @@ def create_app(settings: AppSettings | None = None) -> FastAPI:
             headers={"Cache-Control": "no-store"},
         )
 
+    @app.get("/readyz", tags=["ops"])
+    async def readyz(request: Request) -> JSONResponse:
+        """200 once the cache is warm; 503 while the subscriber still fills it (or Redis is away)."""
+        try:
+            warm = await request.state.serving.ready()
+        except CacheUnavailableError as exc:
+            return _not_ready(f"cache unavailable: {exc.__cause__ or exc}")
+        if not warm:
+            return _not_ready("the cache is warming: a subscriber has not finished filling it")
+        return JSONResponse({"status": "ready"}, headers={"Cache-Control": "no-store"})
+
     @app.get("/metrics", tags=["ops"])
     async def metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+def _not_ready(reason: str) -> JSONResponse:
+    return JSONResponse(
+        {"status": "warming", "reason": reason[:300]},
+        status_code=503,
+        headers={"Cache-Control": "no-store", "Retry-After": "1"},
+    )
 
 
 async def _check(probe: Awaitable[Any], errors: type[Exception]) -> str:

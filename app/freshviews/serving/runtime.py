@@ -242,6 +242,13 @@ class Serving:
             logger.warning("health check failed: %s", redis)
         return {"redis": redis, "updates": self.hub.health()}
 
+    async def ready(self) -> bool:
+        """Whether the cache is warm: a subscriber filled it (a complete sweep, or it found it filled) since Redis
+        last lost its data. Until then reads of keys not computed yet take the miss path; raises
+        :class:`CacheUnavailableError` when Redis does not answer within the read deadline."""
+        async with self.deadline():
+            return bool(await self.redis.exists(self.keys.warm))
+
     async def _read_redis(self, view_keys: Sequence[str]) -> list[Snapshot | None]:
         async with self.deadline():
             return await read_snapshots(self.redis, self.keys, view_keys)

@@ -3,10 +3,12 @@
 Every subscriber refreshes a heartbeat key with a TTL (``<p>:hb:<consumer>``, written by the heartbeat loop of
 :mod:`freshviews.worker.service`) and every sweep records its outcome (``<p>:sweep``). This reads both, the way
 arq's ``--check`` reads its health key, so a container or a supervisor can probe liveness without a port. A
-subscriber is alive while its heartbeat is younger than ``heartbeat_ttl``; the sweep is late once more than twice
-its interval (plus the time one sweep may take) passed since the last one finished, or since the oldest live
-subscriber started when none finished yet. A subscriber that relays an outbox also reports its depth and the age
-of its oldest change: one waiting longer than ``OUTBOX_LATE`` means changes are not reaching the log.
+subscriber is alive while its heartbeat is younger than ``heartbeat_ttl``; the cache is "warm" once a subscriber
+filled it (``<p>:warm``), "warming" before (a detail, not a failure: readers are served by the miss path); the
+sweep is late once more than twice its interval (plus the time one sweep may take) passed since the last one
+finished, or since the oldest live subscriber started when none finished yet. A subscriber that relays an outbox
+also reports its depth and the age of its oldest change: one waiting longer than ``OUTBOX_LATE`` means changes are
+not reaching the log.
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ async def check(redis: Redis, settings: SubscriberSettings, *, consumer: str | N
     if not alive:
         who = f"subscriber {consumer!r}" if consumer else f"subscriber of group {settings.group!r}"
         health.problems.append(f"no {who} has a heartbeat younger than {settings.heartbeat_ttl}s")
+    health.details["cache"] = "warm" if await redis.exists(settings.keys.warm) else "warming"
     record = await redis.hgetall(settings.keys.sweep)
     sweep = {_text(k): _text(v) for k, v in record.items()}
     health.details["last_sweep"] = sweep or None

@@ -151,7 +151,10 @@ class Subscriber(Generic[Ctx]):
         await self.consumer.reader.ensure()
         await self.refresher.reader.ensure()
         empty = await self.store.is_empty()
-        if empty and warm:
+        if not empty:
+            # Values in Redis: filled by an earlier run (whose marker a Redis restart from its AOF keeps anyway).
+            await self._redis.set(self._keys.warm, str(time.time()), nx=True)
+        elif warm:
             await self.sweep("warm")
         return empty
 

@@ -155,6 +155,9 @@ class Sweeper(Generic[Ctx]):
         for name, value in asdict(result).items():
             fields[name] = json.dumps(value) if isinstance(value, dict) else str(value)
         await self._redis.hset(self._keys.sweep, mapping=fields)
+        if not result.interrupted:
+            # Every key was computed once (the failed ones aside, which readers then miss): the cache is warm.
+            await self._redis.set(self._keys.warm, fields["at"])
         # A timer sweep that repaired something found a change that never reached the cache: worth a warning.
         unexpected = result.failed or (result.repaired and reason not in ROUTINE)
         (logger.warning if unexpected else logger.info)(
