@@ -11,7 +11,8 @@ Layout (``<p>`` is the configurable prefix, ``fv`` by default)::
                                          f=fence (the ticket of the newest recompute applied)
     <p>:hb:<consumer>           string   subscriber liveness heartbeat (JSON, with a TTL), read by `freshviews check`
     <p>:sweep                   hash     last sweep's outcome (for /healthz and operators)
-    <p>:sweep:lock              string   held by the one subscriber sweeping now (several may run)
+    <p>:sweep:lock              string   the lease of the one subscriber sweeping now (value: its consumer name;
+                                         a short TTL renewed while it sweeps)
 
 Each cached view is one hash, so every script touches exactly one key: safe for Redis Cluster, where the
 braces make the view key the hash tag.

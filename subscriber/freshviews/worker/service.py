@@ -156,16 +156,19 @@ class Subscriber(Generic[Ctx]):
         return empty
 
     async def sweep(self, reason: str, *, lock: bool = True) -> SweepResult | None:
-        """One repair pass (see :mod:`freshviews.worker.sweep`); None when another subscriber holds the lock."""
-        lock_ttl = max(self._settings.sweep_interval, 60.0)
-        if lock and not await self.sweeper.try_lock(lock_ttl):
+        """One repair pass (see :mod:`freshviews.worker.sweep`); None when another subscriber holds the lock.
+
+        The lock is a short lease renewed while the pass runs (:mod:`freshviews.worker.lease`); a pass whose
+        lease was lost stops at its next chunk, with ``lock_lost`` set.
+        """
+        if not lock:
+            return await self.sweeper.sweep(reason, should_stop=self._stop.is_set)
+        lease = self.sweeper.lease
+        if not await lease.acquire():
             logger.info("another subscriber is sweeping; skipping this %s sweep", reason)
             return None
-        try:
-            return await self.sweeper.sweep(reason, should_stop=self._stop.is_set)
-        finally:
-            if lock:
-                await self.sweeper.unlock()
+        async with lease.held() as lost:
+            return await self.sweeper.sweep(reason, should_stop=self._stop.is_set, lost=lost.is_set)
 
     async def process(self, entries: list[Entry]) -> BatchOutcome:
         """Apply one batch of changes read from the log and acknowledge it."""
@@ -275,7 +278,7 @@ class Subscriber(Generic[Ctx]):
         reason = self._sweep_reason if self._sweep_now.is_set() else "timer"
         self._sweep_now.clear()
         try:
-            await self.sweep(reason)
+            result = await self.sweep(reason)
         except RedisError:
             self._request_sweep(reason)  # still owed: swept once the loop's backoff lets Redis come back
             raise
@@ -289,6 +292,8 @@ class Subscriber(Generic[Ctx]):
             await self._sleep(self._source_delay)
         else:
             self._source_delay = SOURCE_RETRY_FIRST / 2
+            if result is not None and result.lock_lost:
+                self._request_sweep(reason)  # still owed; skipped at once if another subscriber sweeps now
 
     async def _heartbeat_step(self) -> None:
         ttl = self._settings.heartbeat_ttl

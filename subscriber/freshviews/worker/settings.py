@@ -34,6 +34,9 @@ class SubscriberSettings(RedisSettings):
     #: Recomputes running at once during a sweep, and the most keys it recomputes per second.
     sweep_concurrency: int = Field(default=2, ge=1, le=64)
     sweep_rate: float = Field(default=1000.0, gt=0)
+    #: Seconds the sweep lock lasts unless renewed (every third of it while a sweep runs): how long a lock can
+    #: outlive a sweep that died, e.g. with Redis restarted from its append-only file.
+    sweep_lock_ttl: float = Field(default=5.0, ge=0.1, le=300)
     #: A change pending this long on a consumer is presumed abandoned and reclaimed.
     reclaim_idle_ms: int = Field(default=30_000, ge=100)
     reclaim_interval: float = Field(default=5.0, gt=0)
