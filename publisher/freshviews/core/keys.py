@@ -8,8 +8,11 @@ Layout (``<p>`` is the configurable prefix, ``fv`` by default)::
                                          (consumer group of subscribers, the same group name as the change log)
     <p>:updates                 channel  update notifications "<version> <view key>" after each cache write
     <p>:v:{<view key>}          hash     one cached view: d=JSON bytes, v=version (ETag), h=digest,
-                                         f=fence (the ticket of the newest recompute applied)
+                                         f=fence (the ticket of the newest recompute applied), n=1 on a
+                                         negative entry (a key that never held a value, short-lived)
     <p>:hb:<consumer>           string   subscriber liveness heartbeat (JSON, with a TTL), read by `freshviews check`
+    <p>:misses                  zset     the keys whose "not found" is kept as a short-lived negative entry (a
+                                         tombstone marked n=1), by when; capped, the oldest evicted with their entry
     <p>:sweep                   hash     last sweep's outcome (for /healthz and operators)
     <p>:sweep:lock              string   the lease of the one subscriber sweeping now (value: its consumer name;
                                          a short TTL renewed while it sweeps)
@@ -50,6 +53,10 @@ class Keys:
         return f"{self.prefix}:updates"
 
     @property
+    def misses(self) -> str:
+        return f"{self.prefix}:misses"
+
+    @property
     def sweep(self) -> str:
         return f"{self.prefix}:sweep"
 
@@ -88,6 +95,9 @@ DATA = b"d"
 VERSION = b"v"
 DIGEST = b"h"
 FENCE = b"f"
+#: Marks a negative entry: the "not found" of a key that never held a value, kept briefly (a real deletion's
+#: tombstone has no such field and lasts the tombstone TTL).
+NEGATIVE = b"n"
 #: The field of a refresh request naming the view key a reader found missing.
 REFRESH_KEY = b"key"
 #: The digest stored for a deleted view (a tombstone keeps its version so a stale recompute cannot resurrect it).

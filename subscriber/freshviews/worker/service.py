@@ -75,7 +75,13 @@ class Subscriber(Generic[Ctx]):
         self.relay = relay
         self._keys = settings.keys
         self._settings = settings
-        self.store = CacheStore(redis, self._keys, tombstone_ttl=settings.tombstone_ttl)
+        self.store = CacheStore(
+            redis,
+            self._keys,
+            tombstone_ttl=settings.tombstone_ttl,
+            negative_ttl=settings.negative_ttl,
+            negative_max=settings.negative_max,
+        )
         # Changes and readers' refresh requests share one bound on recomputes: both land on the same backend.
         recomputer = Recomputer(self.store, ctx, concurrency=settings.concurrency)
         self.consumer = ChangeConsumer(

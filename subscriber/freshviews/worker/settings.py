@@ -48,6 +48,11 @@ class SubscriberSettings(RedisSettings):
     dead_letter_maxlen: int = Field(default=10_000, ge=1)
     #: How long a deleted view's tombstone (and its version fence) is kept, seconds.
     tombstone_ttl: int = Field(default=86_400, ge=1)
+    #: How long a "not found" for a key that never held a value is kept, seconds: a never-existing key readers
+    #: ask for costs at most one recompute per key per this long.
+    negative_ttl: int = Field(default=60, ge=1)
+    #: Most such negative entries kept at once (the oldest are evicted first): bounds their Redis memory.
+    negative_max: int = Field(default=10_000, ge=1)
     heartbeat_ttl: int = Field(default=15, ge=2)
     #: Port of the Prometheus /metrics endpoint; 0 disables it.
     metrics_port: int = Field(default=9101, ge=0, le=65535)
