@@ -10,6 +10,8 @@ Layout (``<p>`` is the configurable prefix, ``fv`` by default)::
     <p>:v:{<view key>}          hash     one cached view: d=JSON bytes, v=version (ETag), h=digest,
                                          f=fence (the ticket of the newest recompute applied), n=1 on a
                                          negative entry (a key that never held a value, short-lived)
+    <p>:fail:{<view key>}       hash     a key whose recompute for readers keeps failing: a=attempts, r=when the next
+                                         may run (ms, Redis clock), e=the reason; with a TTL (backoff + its max)
     <p>:hb:<consumer>           string   subscriber liveness heartbeat (JSON, with a TTL), read by `freshviews check`
     <p>:misses                  zset     the keys whose "not found" is kept as a short-lived negative entry (a
                                          tombstone marked n=1), by when; capped, the oldest evicted with their entry
@@ -81,6 +83,10 @@ class Keys:
             raise ValueError(f"{text!r} is not a cached view key")
         return text[len(head) : -1]
 
+    def failure(self, view_key: str) -> str:
+        """The failure state of one view key (its backoff), in the same hash slot as :meth:`value`."""
+        return f"{self.prefix}:fail:{{{view_key}}}"
+
     def heartbeat(self, consumer: str) -> str:
         return f"{self.prefix}:hb:{consumer}"
 
@@ -98,6 +104,10 @@ FENCE = b"f"
 #: Marks a negative entry: the "not found" of a key that never held a value, kept briefly (a real deletion's
 #: tombstone has no such field and lasts the tombstone TTL).
 NEGATIVE = b"n"
+# Fields of a key's failure state (Keys.failure), written by the subscriber, read by the read side.
+FAILURE_ATTEMPTS = b"a"
+FAILURE_RETRY_AT = b"r"
+FAILURE_REASON = b"e"
 #: The field of a refresh request naming the view key a reader found missing.
 REFRESH_KEY = b"key"
 #: The digest stored for a deleted view (a tombstone keeps its version so a stale recompute cannot resurrect it).

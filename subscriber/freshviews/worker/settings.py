@@ -43,6 +43,10 @@ class SubscriberSettings(RedisSettings):
     #: Attempts at a failing recompute before its changes go to the dead-letter stream.
     max_attempts: int = Field(default=3, ge=1, le=100)
     retry_backoff: float = Field(default=0.1, ge=0)
+    #: A key whose recompute for readers fails is not tried again for this long, doubled on each failure in a
+    #: row up to ``refresh_backoff_max`` seconds; readers meanwhile get 503 with the remaining time as Retry-After.
+    refresh_backoff: float = Field(default=1.0, gt=0, le=3600)
+    refresh_backoff_max: float = Field(default=60.0, gt=0, le=86_400)
     #: A change delivered this many times without being acknowledged is dead-lettered (a crash loop guard).
     max_deliveries: int = Field(default=5, ge=1)
     dead_letter_maxlen: int = Field(default=10_000, ge=1)
