@@ -26,7 +26,15 @@ def etag_of(version: int) -> str:
     return f'"{version}"'
 
 
+#: An If-None-Match longer than this, or naming more tags, is ignored (answered as if absent): no client needs
+#: more to revalidate one view, and splitting and comparing a huge list on every read is work for nothing.
+IF_NONE_MATCH_MAX_BYTES = 2048
+IF_NONE_MATCH_MAX_TAGS = 32
+
+
 def etag_matches(if_none_match: str, etag: str) -> bool:
+    if len(if_none_match) > IF_NONE_MATCH_MAX_BYTES or if_none_match.count(",") >= IF_NONE_MATCH_MAX_TAGS:
+        return False
     tags = [t.strip() for t in if_none_match.split(",")]
     # A weak validator compares equal to the strong one for If-None-Match (RFC 9110 §13.1.2).
     return "*" in tags or etag in tags or f"W/{etag}" in tags
