@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import math
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -39,10 +40,12 @@ class TimedWorld(World):
 
 
 def backoff(attempts: int) -> float:
-    return min(BACKOFF * 2 ** (attempts - 1), BACKOFF_MAX)
+    return min(BACKOFF * 2.0 ** (attempts - 1), BACKOFF_MAX)
 
 
-async def start(redis_url: str, world: World, registry: Registry[World], **overrides: Any) -> tuple[Subscriber, Any]:
+async def start(
+    redis_url: str, world: World, registry: Registry[World], **overrides: Any
+) -> tuple[Subscriber[World], Callable[[], Awaitable[None]]]:
     client = Redis.from_url(redis_url)
     settings = SubscriberSettings(
         redis_url=redis_url,
