@@ -110,14 +110,14 @@ async def test_only_one_subscriber_sweeps_at_a_time(
     redis: Redis, keys: Keys, world: World, make_subscriber: MakeSubscriber
 ) -> None:
     first, second = make_subscriber(consumer="first"), make_subscriber(consumer="second")
-    assert await first.sweeper.try_lock(60)
+    assert await first.sweeper.lease.acquire()
     world.computes.clear()
     assert await second.sweep("timer") is None
     assert sum(world.computes.values()) == 0
     assert await redis.get(keys.sweep_lock) == b"first"  # the loser did not release the winner's lock
-    assert 0 < await redis.pttl(keys.sweep_lock) <= 60_000
+    assert 0 < await redis.pttl(keys.sweep_lock) <= 5_000  # the default lease
 
-    await first.sweeper.unlock()
+    assert await first.sweeper.lease.release()
     result = await second.sweep("timer")
     assert result is not None
     assert result.keys == len(world.view_keys())

@@ -226,7 +226,8 @@ class Serving:
             return error(503, f"{key.key!r} is not cached yet and {exc}", retry_after=retry_after)
         except VersionNotReachedError as exc:
             return error(503, str(exc), retry_after=retry_after)
-        return answer_of(key, snapshot, if_none_match, retry_after=retry_after)
+        failure = self.refresher.failure(key.key) if snapshot is None else None
+        return answer_of(key, snapshot, if_none_match, retry_after=retry_after, failure=failure)
 
     async def health(self) -> dict[str, str]:
         """``{"redis": ..., "updates": ...}``, each ``ok`` or ``error: <why>``: a keyed read through the read

@@ -20,6 +20,9 @@ FENCE_REJECTIONS = Counter(
 )
 SWEEP_REPAIRS = Counter("freshviews_sweep_repairs_total", "Keys a sweep found wrong and rewrote", ["view"])
 SWEEPS = Counter("freshviews_sweeps_total", "Completed sweeps", ["reason"])
+SWEEP_LOCKS_LOST = Counter(
+    "freshviews_sweep_locks_lost_total", "Sweeps stopped because their lease expired or was taken before it was renewed"
+)
 SWEEP_SECONDS = Histogram("freshviews_sweep_seconds", "Duration of a sweep", buckets=(0.1, 0.5, 1, 5, 10, 30, 60, 300))
 DEAD_LETTERS = Counter("freshviews_dead_letters_total", "Changes moved to the dead-letter stream", ["reason"])
 LOG_GAPS = Counter("freshviews_log_gaps_total", "Times the change log was found trimmed past unread changes")

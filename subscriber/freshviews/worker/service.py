@@ -75,7 +75,13 @@ class Subscriber(Generic[Ctx]):
         self.relay = relay
         self._keys = settings.keys
         self._settings = settings
-        self.store = CacheStore(redis, self._keys, tombstone_ttl=settings.tombstone_ttl)
+        self.store = CacheStore(
+            redis,
+            self._keys,
+            tombstone_ttl=settings.tombstone_ttl,
+            negative_ttl=settings.negative_ttl,
+            negative_max=settings.negative_max,
+        )
         # Changes and readers' refresh requests share one bound on recomputes: both land on the same backend.
         recomputer = Recomputer(self.store, ctx, concurrency=settings.concurrency)
         self.consumer = ChangeConsumer(
@@ -159,16 +165,19 @@ class Subscriber(Generic[Ctx]):
         return empty
 
     async def sweep(self, reason: str, *, lock: bool = True) -> SweepResult | None:
-        """One repair pass (see :mod:`freshviews.worker.sweep`); None when another subscriber holds the lock."""
-        lock_ttl = max(self._settings.sweep_interval, 60.0)
-        if lock and not await self.sweeper.try_lock(lock_ttl):
+        """One repair pass (see :mod:`freshviews.worker.sweep`); None when another subscriber holds the lock.
+
+        The lock is a short lease renewed while the pass runs (:mod:`freshviews.worker.lease`); a pass whose
+        lease was lost stops at its next chunk, with ``lock_lost`` set.
+        """
+        if not lock:
+            return await self.sweeper.sweep(reason, should_stop=self._stop.is_set)
+        lease = self.sweeper.lease
+        if not await lease.acquire():
             logger.info("another subscriber is sweeping; skipping this %s sweep", reason)
             return None
-        try:
-            return await self.sweeper.sweep(reason, should_stop=self._stop.is_set)
-        finally:
-            if lock:
-                await self.sweeper.unlock()
+        async with lease.held() as lost:
+            return await self.sweeper.sweep(reason, should_stop=self._stop.is_set, lost=lost.is_set)
 
     async def process(self, entries: list[Entry]) -> BatchOutcome:
         """Apply one batch of changes read from the log and acknowledge it."""
@@ -278,7 +287,7 @@ class Subscriber(Generic[Ctx]):
         reason = self._sweep_reason if self._sweep_now.is_set() else "timer"
         self._sweep_now.clear()
         try:
-            await self.sweep(reason)
+            result = await self.sweep(reason)
         except RedisError:
             self._request_sweep(reason)  # still owed: swept once the loop's backoff lets Redis come back
             raise
@@ -292,6 +301,8 @@ class Subscriber(Generic[Ctx]):
             await self._sleep(self._source_delay)
         else:
             self._source_delay = SOURCE_RETRY_FIRST / 2
+            if result is not None and result.lock_lost:
+                self._request_sweep(reason)  # still owed; skipped at once if another subscriber sweeps now
 
     async def _heartbeat_step(self) -> None:
         ttl = self._settings.heartbeat_ttl
