@@ -12,6 +12,8 @@ Layout (``<p>`` is the configurable prefix, ``fv`` by default)::
     <p>:hb:<consumer>           string   subscriber liveness heartbeat (JSON, with a TTL), read by `freshviews check`
     <p>:sweep                   hash     last sweep's outcome (for /healthz and operators)
     <p>:sweep:lock              string   held by the one subscriber sweeping now (several may run)
+    <p>:sampler                 string   the consistency sampler's summary (JSON: per view samples, results,
+                                         nines), read by `freshviews check`, /healthz and the dashboard
 
 Each cached view is one hash, so every script touches exactly one key: safe for Redis Cluster, where the
 braces make the view key the hash tag.
@@ -55,6 +57,10 @@ class Keys:
     @property
     def sweep_lock(self) -> str:
         return f"{self.prefix}:sweep:lock"
+
+    @property
+    def sampler(self) -> str:
+        return f"{self.prefix}:sampler"
 
     @property
     def value_pattern(self) -> str:

@@ -34,6 +34,9 @@ class SubscriberSettings(RedisSettings):
     #: Recomputes running at once during a sweep, and the most keys it recomputes per second.
     sweep_concurrency: int = Field(default=2, ge=1, le=64)
     sweep_rate: float = Field(default=1000.0, gt=0)
+    #: Keys per second the consistency sampler recomputes and compares with the cache (0 turns it off). Each
+    #: sample costs one compute; 10/s is a few statements per second on the scoreboard (tests/bench/sampler.py).
+    sample_rate: float = Field(default=10.0, ge=0, le=10_000)
     #: A change pending this long on a consumer is presumed abandoned and reclaimed.
     reclaim_idle_ms: int = Field(default=30_000, ge=100)
     reclaim_interval: float = Field(default=5.0, gt=0)

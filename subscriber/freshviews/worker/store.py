@@ -21,7 +21,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from freshviews.core.keys import DIGEST, FENCE, TOMBSTONE, Keys
+from freshviews.core.keys import DIGEST, FENCE, TOMBSTONE, VERSION, Keys
 
 # KEYS[1]: the view's hash.  ARGV: ticket, digest ("-" for a tombstone), data, channel, view key, tombstone ttl.
 # Returns 1 written, 0 unchanged (the fence still advances), -1 fenced (a newer recompute already landed).
@@ -61,6 +61,17 @@ class PendingWrite:
     key: str
     ticket: int
     data: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """What Redis holds for one key, read with a ticket: ``digest`` None when nothing is cached, ``version`` and
+    ``fence`` 0 then. A version is the ticket of the recompute that wrote it, so it tells when it was written."""
+
+    ticket: int
+    digest: bytes | None
+    version: int
+    fence: int
 
 
 def digest(data: bytes) -> bytes:
@@ -103,6 +114,16 @@ class CacheStore:
                 await self._write(keys=[self._keys.value(w.key)], args=args, client=pipe)
             replies = await pipe.execute()
         return [WriteOutcome(int(r)) for r in replies]
+
+    async def stored(self, view_key: str) -> Stored:
+        """A ticket for ``view_key`` and what Redis holds for it now, in one round trip."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.time()
+            pipe.hmget(self._keys.value(view_key), [DIGEST, VERSION, FENCE])
+            (seconds, micros), (found, version, fence) = await pipe.execute()
+        now = int(seconds) * 1_000_000 + int(micros)
+        fence = int(fence or 0)
+        return Stored(ticket=max(now, fence + 1), digest=found, version=int(version or 0), fence=fence)
 
     async def digests(self, view_keys: Sequence[str]) -> list[bytes | None]:
         async with self._redis.pipeline(transaction=False) as pipe:
