@@ -147,7 +147,7 @@ async def test_with_right_dependencies_10000_random_writes_leave_no_unexplained_
     explained = _count("item", "explained") + _count("color", "explained") - explained_before
     print(f"{sub.sampler.samples} samples ({during} during the writes), {explained:.0f} explained mismatches")
     assert _unexplained() == before
-    assert during > 1000, "too few samples during the writes to show anything"
+    assert during > 300, "too few samples during the writes to show anything"
     assert explained > 0, "no sample ever met a change on its way: the writes did not overlap the samples"
 
 

@@ -337,6 +337,8 @@ class Sampler(Generic[Ctx]):
             "consumer": self._settings.consumer,
             "rate": self._settings.sample_rate,
             "samples": self.samples,
+            "picks": self.picks,
+            "undecided": len(self._undecided),
             "keys": len(self._catalogue),
             "views": {name: tally.summary() for name, tally in sorted(self.tallies.items())},
         }
