@@ -18,13 +18,16 @@ import time
 import pytest
 from redis.asyncio import Redis
 
-from freshviews.core.events import Operation
+from freshviews.core import PK, Int, On, Params, Registry, View
+from freshviews.core.events import Change, Operation
 from freshviews.core.keys import DATA, Keys
 from freshviews.publish.publisher import Publisher
 from freshviews.worker.check import check
 from freshviews.worker.freshness import nines
+from freshviews.worker.picks import KeyPicker
 from freshviews.worker.sampler import HOOK_GRACE
 from freshviews.worker.settings import SubscriberSettings
+from freshviews.worker.store import CacheStore, PendingWrite
 from tests.support.helpers import wait_until
 from tests.support.metrics import sample
 from tests.support.world import COLORS, World, holed_registry, item_change
@@ -182,3 +185,31 @@ def test_nines_are_capped_by_what_the_window_can_tell() -> None:
     assert nines(9990, 10_000) == 3.0
     assert nines(0, 10) == 0.0
     assert nines(0, 0) == 0.0
+
+
+async def _other(ctx: object, id: int) -> dict[str, int]:
+    return {"id": id}
+
+
+async def _no_keys(ctx: object) -> list[Params]:
+    return []
+
+
+async def test_half_the_picks_walk_every_key_and_the_other_half_go_to_busy_views(redis: Redis, keys: Keys) -> None:
+    views = Registry(
+        [
+            View("item/{id}", compute=_other, enumerate=_no_keys, depends_on=[On("item", id=PK)], params={"id": Int()}),
+            View(
+                "other/{id}", compute=_other, enumerate=_no_keys, depends_on=[On("other", id=PK)], params={"id": Int()}
+            ),
+        ]
+    )
+    store = CacheStore(redis, keys)
+    cached = [f"{view}/{i}" for view in ("item", "other") for i in range(1, 21)]
+    await store.write([PendingWrite(key, 1, b"{}") for key in cached])
+    picker = KeyPicker(store, views, seed=1)
+    picker.on_changes([Change(entity="other", id="3", op=Operation.UPDATE)])
+    picks = [await picker.pick() for _ in range(2 * len(cached))]
+    # Every other pick goes to the busy view; the rest walk the catalogue: all K keys within 2K picks.
+    assert all(str(key).startswith("other/") for key in picks[1::2]), picks
+    assert set(picks[0::2]) == set(cached)

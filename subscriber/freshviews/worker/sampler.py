@@ -1,11 +1,9 @@
 """The consistency sampler: recompute one key at a time, compare it with the cache, and classify what differs.
 
 The sweep repairs every key on a timer; the sampler measures, continuously and cheaply, how fresh the cache is,
-and finds the keys a declared dependency missed long before the next sweep. Each pick recomputes one key and
-compares its digest with the stored one. Half the picks walk every cached key in turn (a catalogue listed with
-SCAN, relisted after a full pass, at most once per :data:`RELIST_EVERY`), so that every key is visited within two
-passes' worth of samples; the other half prefer keys of *busy* views, whose entities changed recently (the change
-consumer tells through :meth:`Sampler.on_changes`), because a hole in a dependency shows where writes land.
+and finds the keys a declared dependency missed long before the next sweep. Each step recomputes one key and
+compares its digest with the stored one; which key is :class:`~freshviews.worker.picks.KeyPicker`'s (every cached
+key within two passes' worth of samples, and the rest preferring views whose entities changed recently).
 
 A mismatch is not yet a fault: the change behind it may still be in the outbox, in the log, or in a batch being
 applied. The sample read the stored value and its fence (with a ticket) before its compute read the source; the
@@ -23,12 +21,10 @@ a fresh ticket, repaired at once through the fenced write, counted per view and 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-import random
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -40,6 +36,7 @@ from freshviews.core.views import InvalidKeyError, Registry, UnknownViewError, V
 from freshviews.worker import metrics
 from freshviews.worker.freshness import Result, ViewTally
 from freshviews.worker.groups import Entry, GroupReader, stream_id
+from freshviews.worker.picks import KeyPicker
 from freshviews.worker.recompute import serialize
 from freshviews.worker.settings import SubscriberSettings
 from freshviews.worker.store import CacheStore, PendingWrite, Stored, digest
@@ -55,11 +52,6 @@ Ctx = TypeVar("Ctx")
 HOOK_GRACE = 1.0
 #: The longest a mismatch waits for the changes on their way; past it, it counts as explained (a backlog).
 SETTLE_TIMEOUT = 30.0
-#: The catalogue of cached keys is relisted after a full pass, at most this often (5 s while it is empty).
-RELIST_EVERY = 60.0
-RELIST_EMPTY = 5.0
-#: A view stays busy this long after a change to one of its entities, seconds.
-BUSY_FOR = 60.0
 #: One warning per view (unexplained) or for failed computes, at most this often, seconds.
 LOG_EVERY = 60.0
 #: Latest changes to a view's entities named in its warning, read from this many entries of the log's tail.
@@ -72,8 +64,6 @@ PUBLISH_EVERY = 2.0
 
 #: Mismatches waiting to be judged at once; past it, a step only judges (sampling on would only queue more).
 MAX_UNDECIDED = 1000
-
-Sleep = Callable[[float], Awaitable[None]]
 
 
 @dataclass(slots=True)
@@ -104,7 +94,6 @@ class Sampler(Generic[Ctx]):
         reader: GroupReader,
         settings: SubscriberSettings,
         relay: Relay | None = None,
-        sleep: Sleep = asyncio.sleep,
         seed: int | None = None,
     ) -> None:
         self._redis = redis
@@ -115,14 +104,7 @@ class Sampler(Generic[Ctx]):
         self._reader = reader
         self._relay = relay
         self._settings = settings
-        self._sleep = sleep
-        self._random = random.Random(seed)
-        self._catalogue: list[str] = []
-        self._by_view: dict[str, list[str]] = {}
-        self._cursor = 0
-        self._listed_at = -RELIST_EVERY
-        self._busy: dict[str, float] = {}
-        self._picks = 0
+        self.picker = KeyPicker(store, registry, seed=seed)
         self._undecided: list[_Undecided] = []
         #: Keys sampled so far (a pick's number is recorded with what it found).
         self.picks = 0
@@ -139,10 +121,7 @@ class Sampler(Generic[Ctx]):
 
     def on_changes(self, changes: Sequence[Change]) -> None:
         """Called by the change consumer after a batch is applied: the views of its entities are busy now."""
-        now = time.monotonic()
-        for entity in {change.entity for change in changes}:
-            for view in self._registry.views_for(entity):
-                self._busy[view.name] = now
+        self.picker.on_changes(changes)
 
     async def step(self) -> bool:
         """Judge the mismatches whose changes have had their time, then sample one key; False when nothing was
@@ -152,7 +131,7 @@ class Sampler(Generic[Ctx]):
         if len(self._undecided) >= MAX_UNDECIDED:
             return False
         for _ in range(MAX_SKIPS):
-            key = await self._pick()
+            key = await self.picker.pick()
             if key is None:
                 return False
             if any(u.view_key.key == key for u in self._undecided):
@@ -293,42 +272,6 @@ class Sampler(Generic[Ctx]):
                 break
         return "; ".join(named)
 
-    # -- picking ----------------------------------------------------------------------------------------------
-
-    async def _pick(self) -> str | None:
-        self._picks += 1
-        if self._picks % 2 == 0 and (key := self._busy_key()) is not None:
-            return key
-        return await self._walk()
-
-    def _busy_key(self) -> str | None:
-        now = time.monotonic()
-        busy = [name for name, at in self._busy.items() if now - at < BUSY_FOR and self._by_view.get(name)]
-        if not busy:
-            return None
-        return self._random.choice(self._by_view[self._random.choice(busy)])
-
-    async def _walk(self) -> str | None:
-        if self._cursor >= len(self._catalogue):
-            wait = RELIST_EVERY if self._catalogue else RELIST_EMPTY
-            if time.monotonic() - self._listed_at >= wait:
-                await self._relist()
-            self._cursor = 0
-            if not self._catalogue:
-                return None
-        key = self._catalogue[self._cursor]
-        self._cursor += 1
-        return key
-
-    async def _relist(self) -> None:
-        self._listed_at = time.monotonic()
-        # Tombstones are sampled too: a row that came back with no change saying so is a hole as well.
-        self._catalogue = await self._store.cached_view_keys()
-        self._random.shuffle(self._catalogue)
-        self._by_view = {}
-        for key in self._catalogue:
-            self._by_view.setdefault(key.split("/", 1)[0], []).append(key)
-
     # -- the summary ------------------------------------------------------------------------------------------
 
     def summary(self) -> dict[str, Any]:
@@ -339,7 +282,7 @@ class Sampler(Generic[Ctx]):
             "samples": self.samples,
             "picks": self.picks,
             "undecided": len(self._undecided),
-            "keys": len(self._catalogue),
+            "keys": self.picker.cached,
             "views": {name: tally.summary() for name, tally in sorted(self.tallies.items())},
         }
 

@@ -98,7 +98,6 @@ class Subscriber(Generic[Ctx]):
             reader=GroupReader(redis, self._keys.changes, settings),
             settings=settings,
             relay=relay,
-            sleep=self._sleep,
         )
         self.refresher = RefreshConsumer(
             redis=redis, registry=registry, store=self.store, recomputer=recomputer, settings=settings
