@@ -13,7 +13,8 @@ Layout (``<p>`` is the configurable prefix, ``fv`` by default)::
     <p>:sweep                   hash     last sweep's outcome (for /healthz and operators)
     <p>:sweep:lock              string   held by the one subscriber sweeping now (several may run)
     <p>:sampler                 string   the consistency sampler's summary (JSON: per view samples, results,
-                                         nines), read by `freshviews check`, /healthz and the dashboard
+                                         nines), read by `freshviews check`, /healthz and the dashboard; with
+                                         several subscribers, the one that published last (it names itself)
 
 Each cached view is one hash, so every script touches exactly one key: safe for Redis Cluster, where the
 braces make the view key the hash tag.
