@@ -50,6 +50,15 @@ EXPECTED: dict[str, list[str]] = {
     ],
     "subscriber": ["changes_per_s", "round_trips_per_batch", "changes_per_batch"],
     "fanout": ["commit_to_client_p50_ms_k100", "commit_to_client_p99_ms_k100"],
+    "sampler": [
+        "statements_per_sample",
+        "db_ms_per_sample",
+        "wall_ms_per_sample",
+        "hole_found_median_samples",
+        "hole_found_worst_samples",
+        "db_statements_per_s_at_10_per_s",
+        "hole_found_median_s_at_10_per_s",
+    ],
 }
 
 

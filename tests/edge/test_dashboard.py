@@ -216,6 +216,25 @@ def test_the_page_shows_every_reference_view_with_its_age(edge_stack: Stack, bro
     assert browsing.errors == []
 
 
+def test_the_freshness_panel_shows_what_the_sampler_measured(edge_stack: Stack, browsing: Browsing) -> None:
+    page = browsing.page
+    page.goto(f"{edge_stack.base_url}/?transport=sse")
+    # Hidden until the sampler has figures: it publishes every 2 s, the page reads /healthz every 5 s.
+    try:
+        page.wait_for_selector("#freshness:not([hidden]) tbody tr", timeout=15_000)
+    except PlaywrightTimeout:
+        health = httpx.get(f"{edge_stack.base_url}/healthz", timeout=5).json()
+        pytest.fail(f"the freshness panel never showed; /healthz details: {health.get('details')}")
+    rows = page.eval_on_selector_all(
+        "#freshness tbody tr", "rows => rows.map(r => Array.from(r.cells, c => c.textContent))"
+    )
+    views = {row[0]: row for row in rows}
+    assert "player" in views, rows
+    assert float(views["player"][2]) >= 0  # nines
+    assert "samples at 20/s" in (page.text_content("#freshness .meta") or "")
+    assert browsing.errors == []
+
+
 def test_names_are_shown_as_text_never_as_html(edge_stack: Stack, browsing: Browsing) -> None:
     page = browsing.page
     page.goto(f"{edge_stack.base_url}/?transport=poll&poll={POLL_MS}&team=5")

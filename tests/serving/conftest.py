@@ -57,6 +57,7 @@ def start_subscriber(stack: AsyncExitStack, redis_url: str, keys: Keys, world: W
             "redis_url": redis_url,
             "consumer": "serving-tests",
             "sweep_interval": 0,
+            "sample_rate": 0,
             "metrics_port": 0,
             "block_ms": 50,
             **overrides,

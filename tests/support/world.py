@@ -9,6 +9,8 @@ enumerations, raise. Variants:
 - :data:`VIEWS` / :data:`registry`: both views, enumerated; ``registry`` serves a module-level world for the
   command-line tests (``freshviews sweep --views tests.support.world:registry``), while in-process tests pass
   their own :class:`World` as the subscriber's context;
+- :data:`holed_registry`: the same views with one case left out of ``color/{color}``'s dependencies (the colour
+  an item leaves), for the consistency sampler's tests;
 - :data:`serving_registry`: ``item/{id}`` with max-age 5 and stale-while-revalidate 60 (headers told apart from
   the defaults) and no enumeration (the serving tests are about misses: a warm-up must not fill item keys);
 - :data:`counter_registry`: ``item/{id}`` over :data:`COUNTER`'s ids, each compute a new value (a counter), so
@@ -28,7 +30,7 @@ import asyncio
 import copy
 import os
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -161,6 +163,28 @@ async def _world() -> AsyncIterator[World]:
 
 
 registry: Registry[World] = Registry(VIEWS, context=_world)
+
+
+def colors_after(ctx: World, changes: Sequence[Change]) -> list[Params]:
+    """The hole: the colour an item has after a change, never the one it had before (an item moving from red to
+    blue leaves ``color/red`` listing it until a sweep)."""
+    return [{"color": c.after["color"]} for c in changes if c.after and c.after.get("color") in COLORS]
+
+
+#: The item views with one case left out of ``color/{color}``'s dependencies (see :func:`colors_after`): what the
+#: consistency sampler must find.
+HOLED_VIEWS = [
+    VIEWS[0],
+    View(
+        template="color/{color}",
+        compute=compute_color,
+        enumerate=enumerate_colors,
+        depends_on=[On("item", columns=("color",))],
+        affected=colors_after,
+        params={"color": Choice(COLORS)},
+    ),
+]
+holed_registry: Registry[World] = Registry(HOLED_VIEWS)
 serving_registry: Registry[World] = Registry(item_views(enumerated=False, max_age=5, stale_while_revalidate=60))
 
 # --- a counter per item, for the subscriber benchmark --------------------------------------------------------

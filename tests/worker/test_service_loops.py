@@ -219,7 +219,12 @@ async def test_a_lost_change_group_is_recreated_and_swept(
             timeout=block_s + MARGIN,
             message="not swept after the group was lost",
         )
-        assert await _last_sweep(redis, keys) == b"recover"
+
+        async def recorded() -> bool:
+            return await _last_sweep(redis, keys) == b"recover"
+
+        # The sweep's record is written after its last chunk (and that chunk's pacing), just after the value.
+        await wait_until(recorded, timeout=MARGIN, message="the recovery sweep was not recorded")
         assert [g["name"] for g in await redis.xinfo_groups(keys.changes)] == [b"subscribers"]
         # The reclaim loop found nothing to claim in the lost group: no Redis error, no backoff.
         assert sample("freshviews_subscriber_redis_errors_total", {"loop": "reclaim"}) == reclaim_errors

@@ -20,6 +20,9 @@ Layout (``<p>`` is the configurable prefix, ``fv`` by default)::
                                          a short TTL renewed while it sweeps)
     <p>:warm                    string   set once the cache is filled (a sweep completed, or a subscriber found
                                          it warm); gone when Redis loses its data: the readiness signal
+    <p>:sampler                 string   the consistency sampler's summary (JSON: per view samples, results,
+                                         nines), read by `freshviews check`, /healthz and the dashboard; with
+                                         several subscribers, the one that published last (it names itself)
 
 Each cached view is one hash, so every script touches exactly one key: safe for Redis Cluster, where the
 braces make the view key the hash tag.
@@ -71,6 +74,10 @@ class Keys:
     @property
     def warm(self) -> str:
         return f"{self.prefix}:warm"
+
+    @property
+    def sampler(self) -> str:
+        return f"{self.prefix}:sampler"
 
     @property
     def value_pattern(self) -> str:

@@ -8,7 +8,9 @@ filled it (``<p>:warm``), "warming" before (a detail, not a failure: readers are
 sweep is late once more than twice its interval (plus the time one sweep may take) passed since the last one
 finished, or since the oldest live subscriber started when none finished yet. A subscriber that relays an outbox
 also reports its depth and the age of its oldest change: one waiting longer than ``OUTBOX_LATE`` means changes are
-not reaching the log.
+not reaching the log. The consistency sampler's summary (``<p>:sampler``: per view, samples, results and nines)
+is shown as it is: an unexplained mismatch was repaired when it was found, so it names a view whose dependencies
+to fix rather than a subscriber that is down.
 """
 
 from __future__ import annotations
@@ -56,6 +58,16 @@ async def heartbeats(redis: Redis, settings: SubscriberSettings) -> list[dict[st
     return sorted(beats, key=lambda beat: str(beat.get("consumer")))
 
 
+async def sampler_summary(redis: Redis, settings: SubscriberSettings) -> dict[str, Any] | None:
+    """The consistency sampler's last summary (see :mod:`freshviews.worker.sampler`), None if it never ran."""
+    raw = await redis.get(settings.keys.sampler)
+    try:
+        summary = json.loads(raw) if raw is not None else None
+    except ValueError:
+        return None
+    return summary if isinstance(summary, dict) else None
+
+
 async def check(redis: Redis, settings: SubscriberSettings, *, consumer: str | None = None) -> Health:
     """The subscribers' health as ``freshviews check`` reports it."""
     now = time.time()
@@ -93,5 +105,6 @@ async def check(redis: Redis, settings: SubscriberSettings, *, consumer: str | N
         errors = [str(o["error"]) for o in outboxes if "error" in o]
         if errors and len(errors) == len(outboxes):
             health.problems.append(f"the outbox cannot be read: {errors[0]}")
+    health.details["sampler"] = await sampler_summary(redis, settings)
     health.details["status"] = "ok" if not health.problems else "failing"
     return health

@@ -38,3 +38,20 @@ COMMIT_TO_CACHE = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 REDIS_ERRORS = Counter("freshviews_subscriber_redis_errors_total", "Redis errors survived by a loop", ["loop"])
+SAMPLES = Counter(
+    "freshviews_sampler_samples_total",
+    "Keys the consistency sampler recomputed and compared with the cache, by result "
+    "(fresh, explained: a change was on its way, unexplained: a missed dependency or a lost change, failed)",
+    ["view", "result"],
+)
+STALE_AGE = Histogram(
+    "freshviews_sampler_stale_age_seconds",
+    "How old the cached value of an unexplained mismatch was (now minus the time it was written)",
+    ["view"],
+    buckets=(0.1, 1, 5, 30, 60, 300, 900, 3600, 6 * 3600, 86400, 7 * 86400),
+)
+NINES = Gauge(
+    "freshviews_sampler_nines",
+    "The share of recent samples (the last 10,000 of the view) that were fresh, as nines: -log10(1 - share)",
+    ["view"],
+)

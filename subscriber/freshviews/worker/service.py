@@ -2,7 +2,8 @@
 
 Loops: consume (new changes), refresh (keys readers found missing, see :mod:`freshviews.worker.refresh`), reclaim
 (changes abandoned by dead consumers, plus stream gauges and trimmed-log detection), sweep (on a timer, and at once
-when Redis comes back empty), heartbeat, and with an outbox the relay (:mod:`freshviews.worker.outbox`). They run
+when Redis comes back empty), heartbeat, sample (the consistency sampler, :mod:`freshviews.worker.sampler`, at
+``SUBSCRIBER_SAMPLE_RATE`` keys per second), and with an outbox the relay (:mod:`freshviews.worker.outbox`). They run
 in one :class:`asyncio.TaskGroup`.
 
 A Redis error inside a loop is logged, counted and retried with backoff: Redis restarting is weather, not a reason
@@ -28,9 +29,10 @@ from freshviews.core.connections import RedisConfigError, check_redis, config_pr
 from freshviews.core.views import Registry
 from freshviews.worker import metrics
 from freshviews.worker.consumer import MAX_COALESCE, BatchOutcome, ChangeConsumer
-from freshviews.worker.groups import Entry
+from freshviews.worker.groups import Entry, GroupReader
 from freshviews.worker.recompute import Recomputer
 from freshviews.worker.refresh import RefreshConsumer
+from freshviews.worker.sampler import Sampler
 from freshviews.worker.settings import SubscriberSettings
 from freshviews.worker.store import CacheStore
 from freshviews.worker.sweep import Sweeper, SweepResult
@@ -91,6 +93,17 @@ class Subscriber(Generic[Ctx]):
             recomputer=recomputer,
             settings=settings,
             on_group_lost=lambda: self._request_sweep("recover"),
+            on_changes=lambda changes: self.sampler.on_changes(changes),
+        )
+        self.sampler = Sampler(
+            redis=redis,
+            registry=registry,
+            ctx=ctx,
+            store=self.store,
+            # Its own reader of the group's state: the consumer's holds this consumer's read position.
+            reader=GroupReader(redis, self._keys.changes, settings),
+            settings=settings,
+            relay=relay,
         )
         self.refresher = RefreshConsumer(
             redis=redis, registry=registry, store=self.store, recomputer=recomputer, settings=settings
@@ -201,6 +214,8 @@ class Subscriber(Generic[Ctx]):
             "sweep": self._sweep_step,
             "heartbeat": self._heartbeat_step,
         }
+        if self._settings.sample_rate > 0:
+            loops["sample"] = self._sample_step
         try:
             # The grace deadline, once stop() arms it, cancels the task group and with it every loop still busy.
             async with asyncio.timeout(None) as self._grace:
@@ -303,6 +318,13 @@ class Subscriber(Generic[Ctx]):
             self._source_delay = SOURCE_RETRY_FIRST / 2
             if result is not None and result.lock_lost:
                 self._request_sweep(reason)  # still owed; skipped at once if another subscriber sweeps now
+
+    async def _sample_step(self) -> None:
+        started = time.monotonic()
+        if not await self.sampler.step():
+            await self._sleep(1.0)  # nothing cached yet (the warm-up is filling it), or a backlog to judge first
+        # Paced by the start of each sample, so that a slow compute does not add its own time to the interval.
+        await self._sleep(max(0.0, 1 / self._settings.sample_rate - (time.monotonic() - started)))
 
     async def _heartbeat_step(self) -> None:
         ttl = self._settings.heartbeat_ttl

@@ -37,6 +37,9 @@ class SubscriberSettings(RedisSettings):
     #: Seconds the sweep lock lasts unless renewed (every third of it while a sweep runs): how long a lock can
     #: outlive a sweep that died, e.g. with Redis restarted from its append-only file.
     sweep_lock_ttl: float = Field(default=5.0, ge=0.1, le=300)
+    #: Keys per second the consistency sampler recomputes and compares with the cache (0 turns it off). Each
+    #: sample costs one compute; 10/s is a few statements per second on the scoreboard (tests/bench/sampler.py).
+    sample_rate: float = Field(default=10.0, ge=0, le=10_000)
     #: A change pending this long on a consumer is presumed abandoned and reclaimed.
     reclaim_idle_ms: int = Field(default=30_000, ge=100)
     reclaim_interval: float = Field(default=5.0, gt=0)

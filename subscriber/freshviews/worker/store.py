@@ -21,7 +21,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from freshviews.core.keys import DIGEST, FENCE, TOMBSTONE, Keys
+from freshviews.core.keys import DIGEST, FENCE, TOMBSTONE, VERSION, Keys
 
 # KEYS[1]: the view's hash.  ARGV: ticket, digest ("-" for a tombstone), data, channel, view key, tombstone ttl,
 # negative ttl. Returns 1 written, 2 written as a negative entry, 0 unchanged (the fence still advances), -1 fenced
@@ -107,6 +107,17 @@ class PendingWrite:
     data: bytes | None
 
 
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """What Redis holds for one key, read with a ticket: ``digest`` None when nothing is cached, ``version`` and
+    ``fence`` 0 then. A version is the ticket of the recompute that wrote it, so it tells when it was written."""
+
+    ticket: int
+    digest: bytes | None
+    version: int
+    fence: int
+
+
 def digest(data: bytes) -> bytes:
     return hashlib.blake2b(data, digest_size=16).hexdigest().encode()
 
@@ -182,6 +193,16 @@ class CacheStore:
                 for key in evicted:
                     await self._evict_negative(keys=[self._keys.value(key.decode())], client=pipe)
                 await pipe.execute()
+
+    async def stored(self, view_key: str) -> Stored:
+        """A ticket for ``view_key`` and what Redis holds for it now, in one round trip."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.time()
+            pipe.hmget(self._keys.value(view_key), [DIGEST, VERSION, FENCE])
+            (seconds, micros), (found, version, fence) = await pipe.execute()
+        now = int(seconds) * 1_000_000 + int(micros)
+        fence = int(fence or 0)
+        return Stored(ticket=max(now, fence + 1), digest=found, version=int(version or 0), fence=fence)
 
     async def digests(self, view_keys: Sequence[str]) -> list[bytes | None]:
         async with self._redis.pipeline(transaction=False) as pipe:
