@@ -12,6 +12,7 @@ Layout (``<p>`` is the configurable prefix, ``fv`` by default)::
     <p>:hb:<consumer>           string   subscriber liveness heartbeat (JSON, with a TTL), read by `freshviews check`
     <p>:sweep                   hash     last sweep's outcome (for /healthz and operators)
     <p>:sweep:lock              string   held by the one subscriber sweeping now (several may run)
+    <p>:pglog:<slot>            string   the PostgreSQL log source's status (JSON with a TTL: slot lag), for `check`
 
 Each cached view is one hash, so every script touches exactly one key: safe for Redis Cluster, where the
 braces make the view key the hash tag.
@@ -55,6 +56,9 @@ class Keys:
     @property
     def sweep_lock(self) -> str:
         return f"{self.prefix}:sweep:lock"
+
+    def pglog(self, slot: str) -> str:
+        return f"{self.prefix}:pglog:{slot}"
 
     @property
     def value_pattern(self) -> str:
