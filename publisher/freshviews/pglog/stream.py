@@ -26,6 +26,8 @@ logger = logging.getLogger(__name__)
 
 #: Longest wait for a message before the thread looks at its stop flag and its confirmations, seconds.
 POLL_SECONDS = 0.05
+#: Seconds between reports of the confirmed position to the server.
+STATUS_INTERVAL = 1
 #: Transactions decoded ahead of the change log.
 QUEUE_SIZE = 64
 
@@ -80,7 +82,9 @@ class ReplicationStream:
                 slot_name=self._slot,
                 decode=False,
                 options={"proto_version": "1", "publication_names": self._publication},
-                status_interval=10,
+                # psycopg2 sends the position given to send_feedback at this interval: the most a restart
+                # replays, and how stale the slot's confirmed position (its lag) may look.
+                status_interval=STATUS_INTERVAL,
             )
             logger.info("reading slot %s (publication %s)", self._slot, self._publication)
             while not self._stop.is_set():
