@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,43 +59,61 @@ def _as_postgres(args: list[str]) -> list[str]:
     return ["runuser", "-u", "postgres", "--", *args] if os.geteuid() == 0 else args
 
 
-@pytest.fixture(scope="session")
-def pg_cluster() -> Iterator[Cluster]:
+class NoServer(RuntimeError):
+    """The PostgreSQL server binaries are not installed."""
+
+
+@contextmanager
+def own_cluster() -> Iterator[Cluster]:
+    """A cluster with logical decoding in a temp directory on a free port, stopped and removed on exit."""
     initdb, pg_ctl = _binary("initdb"), _binary("pg_ctl")
     if initdb is None or pg_ctl is None or shutil.which("psql") is None:
-        reason = "PostgreSQL server binaries (initdb, pg_ctl, psql) are not installed: apt-get install postgresql"
-        if os.environ.get("REQUIRE_POSTGRES") == "1":
-            pytest.fail(f"{reason} (REQUIRE_POSTGRES=1)")
-        pytest.skip(reason)
+        raise NoServer(
+            "PostgreSQL server binaries (initdb, pg_ctl, psql) are not installed: apt-get install postgresql"
+        )
     # Not under pytest's temp root: that is private to its owner, and the server runs as postgres when we are root.
     directory = Path(tempfile.mkdtemp(prefix="freshviews-pg-"))
     data = directory / "data"
     if os.geteuid() == 0:
         shutil.chown(directory, "postgres")
-    subprocess.run(
-        _as_postgres([initdb, "-D", str(data), "-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync"]),
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
-    port = free_port()
-    options = (
-        f"-p {port} -c listen_addresses=127.0.0.1 -k {directory} -c wal_level=logical -c max_replication_slots=20 "
-        "-c max_wal_senders=20 -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
-    )
-    subprocess.run(
-        _as_postgres([pg_ctl, "-D", str(data), "-o", options, "-l", str(directory / "server.log"), "-w", "start"]),
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
     try:
-        yield Cluster(port, directory)
-    finally:
         subprocess.run(
-            _as_postgres([pg_ctl, "-D", str(data), "-m", "immediate", "stop"]), capture_output=True, timeout=60
+            _as_postgres([initdb, "-D", str(data), "-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync"]),
+            check=True,
+            capture_output=True,
+            timeout=120,
         )
+        port = free_port()
+        options = (
+            f"-p {port} -c listen_addresses=127.0.0.1 -k {directory} -c wal_level=logical "
+            "-c max_replication_slots=20 -c max_wal_senders=20 -c fsync=off -c synchronous_commit=off "
+            "-c full_page_writes=off"
+        )
+        subprocess.run(
+            _as_postgres([pg_ctl, "-D", str(data), "-o", options, "-l", str(directory / "server.log"), "-w", "start"]),
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+        try:
+            yield Cluster(port, directory)
+        finally:
+            subprocess.run(
+                _as_postgres([pg_ctl, "-D", str(data), "-m", "immediate", "stop"]), capture_output=True, timeout=60
+            )
+    finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[Cluster]:
+    try:
+        with own_cluster() as cluster:
+            yield cluster
+    except NoServer as exc:
+        if os.environ.get("REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"{exc} (REQUIRE_POSTGRES=1)")
+        pytest.skip(str(exc))
 
 
 @dataclass(frozen=True)

@@ -88,6 +88,9 @@ class LogSource:
         if prepared.created_slot:
             logger.info("created replication slot %s: it keeps WAL until this source confirms it", self.slot)
         for table in prepared.without_old_values:
+            key = set(prepared.primary_keys.get(table, ()))
+            if self._columns is not None and not self._columns(table) - key:
+                continue  # the views map only the key, which the log always carries
             logger.warning(
                 "table %s has no REPLICA IDENTITY FULL: its updates and deletes carry no old values, so views "
                 "mapping its non-key columns recompute every key (ALTER TABLE %s REPLICA IDENTITY FULL)",
