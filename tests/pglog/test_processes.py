@@ -83,6 +83,7 @@ async def _ids(redis: Redis, keys: Keys, color: str) -> bool:
     return value is not None and b"[2]" in value
 
 
+@pytest.mark.timeout(300)
 async def test_a_10000_row_transaction_is_one_coalesced_batch(
     db: Database, redis: Redis, settings: SubscriberSettings, running_source: RunSource
 ) -> None:
@@ -98,9 +99,9 @@ async def test_a_10000_row_transaction_is_one_coalesced_batch(
                 " FROM generate_series(1, 10000) g"
             )
             await wait_until(lambda: log.changes == 10_000, 30, message=lambda: f"{log.changes} changes")
-            await wait_until(lambda: redis.exists(settings.keys.value("item/10000")), 30)
+            # 10,003 recomputes, one query each: ~30 s on two busy cores. Not a promise of the product's speed.
             await wait_until(
-                lambda: _settled(redis, settings), 60, message=lambda: f"{subscriber.batches - before} batches"
+                lambda: _settled(redis, settings), 120, message=lambda: f"{subscriber.batches - before} batches"
             )
             assert log.transactions == 1
             assert subscriber.batches - before == 1
