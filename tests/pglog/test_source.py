@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Awaitable
+from pathlib import Path
 
 import pytest
+from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
+from freshviews.core.connections import create_redis
+from freshviews.core.embedded import EmbeddedRedis
 from freshviews.core.events import ALL_ROWS, Operation
 from freshviews.core.keys import Keys
 from freshviews.worker.check import check
+from freshviews.worker.pglog import log_source
 from freshviews.worker.settings import SubscriberSettings
 from tests.pglog.conftest import RunSource, logged
 from tests.pglog.views import registry
 from tests.support.helpers import wait_until
 from tests.support.pgcluster import Database
+from tests.support.proxy import FaultProxy
 
 pytestmark = pytest.mark.postgres
 
@@ -117,3 +125,50 @@ async def test_slot_lag_is_visible_in_check_while_the_source_is_down(
     assert details["lag_bytes"] > 10_000, details
     assert any(f"no log source has reported on slot {db.slot!r}" in p for p in health.problems), health.problems
     assert any("holds" in p and "bytes of WAL" in p for p in health.problems), health.problems
+
+
+async def test_redis_failing_under_the_source_loses_no_change(
+    db: Database, redis: Redis, keys: Keys, settings: SubscriberSettings, redis_server: EmbeddedRedis, tmp_path: Path
+) -> None:
+    failures_before = _redis_failures()
+    proxy = FaultProxy(upstream_port=redis_server.port)
+    client = create_redis(await proxy.start(), timeout=0.5)
+    source = log_source(client, settings, registry)
+    assert source is not None
+    task = asyncio.create_task(source.run())
+    writes = 1000
+    script = tmp_path / "writes.sql"
+    script.write_text("".join(f"INSERT INTO items VALUES ({i}, 'red', 'x');\n" for i in range(1, writes + 1)))
+    try:
+        await _ready(db)
+        writer = await asyncio.create_subprocess_exec(
+            "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", str(script), db.url
+        )
+        await wait_until(lambda: source.changes >= 100, 20)
+        proxy.reset_all()  # every connection reset mid-append
+        await wait_until(lambda: source.changes >= 300, 20)
+        # Then a Redis that stops answering, until the client's own retries give up and the source's take over.
+        proxy.freeze()
+        await wait_until(lambda: _redis_failures() > failures_before, 30)
+        assert source.lag_seconds() > 0  # a transaction waits, unconfirmed, for the log
+        proxy.thaw()
+        assert await writer.wait() == 0
+        expected = set(range(1, writes + 1))
+
+        async def missing() -> set[int]:
+            return expected - {int(c.id) for c in await logged(redis, keys)}
+
+        await wait_until(lambda: _none(missing()), 30)
+    finally:
+        source.stop()
+        await asyncio.wait_for(task, 10)
+        await client.aclose()
+        await proxy.close()
+
+
+def _redis_failures() -> float:
+    return REGISTRY.get_sample_value("freshviews_pglog_errors_total", {"kind": "redis"}) or 0.0
+
+
+async def _none(found: Awaitable[set[int]]) -> bool:
+    return not await found
