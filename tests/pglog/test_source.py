@@ -172,3 +172,29 @@ def _redis_failures() -> float:
 
 async def _none(found: Awaitable[set[int]]) -> bool:
     return not await found
+
+
+async def test_the_replication_connection_killed_under_writes_loses_no_change(
+    db: Database, redis: Redis, keys: Keys, running_source: RunSource, tmp_path: Path
+) -> None:
+    failures_before = REGISTRY.get_sample_value("freshviews_pglog_errors_total", {"kind": "database"}) or 0.0
+    writes = 1000
+    script = tmp_path / "writes.sql"
+    script.write_text("".join(f"INSERT INTO items VALUES ({i}, 'red', 'x');\n" for i in range(1, writes + 1)))
+    async with running_source() as source:
+        await _ready(db)
+        writer = await asyncio.create_subprocess_exec(
+            "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", str(script), db.url
+        )
+        await wait_until(lambda: source.changes >= 100, 20)
+        # The database ends the source's session (as a restart or a failover would): it reconnects and resumes.
+        db.psql(f"SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = '{db.slot}'")
+        assert await writer.wait() == 0
+        expected = set(range(1, writes + 1))
+
+        async def missing() -> set[int]:
+            return expected - {int(c.id) for c in await logged(redis, keys)}
+
+        await wait_until(lambda: _none(missing()), 30)
+    failures = REGISTRY.get_sample_value("freshviews_pglog_errors_total", {"kind": "database"}) or 0.0
+    assert failures > failures_before

@@ -76,6 +76,7 @@ class LogSource:
         self._waiting_since: int | None = None
         self.transactions = 0
         self.changes = 0
+        self._warned: set[str] = set()
 
     def stop(self) -> None:
         self._stopped.set()
@@ -89,8 +90,9 @@ class LogSource:
             logger.info("created replication slot %s: it keeps WAL until this source confirms it", self.slot)
         for table in prepared.without_old_values:
             key = set(prepared.primary_keys.get(table, ()))
-            if self._columns is not None and not self._columns(table) - key:
-                continue  # the views map only the key, which the log always carries
+            if table in self._warned or (self._columns is not None and not self._columns(table) - key):
+                continue  # said once per source; or the views map only the key, which the log always carries
+            self._warned.add(table)
             logger.warning(
                 "table %s has no REPLICA IDENTITY FULL: its updates and deletes carry no old values, so views "
                 "mapping its non-key columns recompute every key (ALTER TABLE %s REPLICA IDENTITY FULL)",
