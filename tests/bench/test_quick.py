@@ -44,6 +44,15 @@ EXPECTED: dict[str, list[str]] = {
     "write": ["hook_p50_ms", "no_hook_p50_ms", "hook_over_no_hook_p50", "hook_over_no_hook_p99"],
     "subscriber": ["changes_per_s", "round_trips_per_batch", "changes_per_batch"],
     "fanout": ["commit_to_client_p50_ms_k100", "commit_to_client_p99_ms_k100"],
+    "pglog": [
+        "stream_changes_per_s",
+        "polled_changes_per_s",
+        "applied_changes_per_s",
+        "pglog_commit_to_cache_p50_ms_at_100_per_s",
+        "pglog_commit_to_cache_p99_ms_at_100_per_s",
+        "sqlalchemy_commit_to_cache_p50_ms_at_100_per_s",
+        "sqlalchemy_commit_to_cache_p99_ms_at_100_per_s",
+    ],
 }
 
 

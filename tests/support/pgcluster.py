@@ -86,7 +86,7 @@ def own_cluster() -> Iterator[Cluster]:
         port = free_port()
         options = (
             f"-p {port} -c listen_addresses=127.0.0.1 -k {directory} -c wal_level=logical "
-            "-c max_replication_slots=20 -c max_wal_senders=20 -c fsync=off -c synchronous_commit=off "
+            "-c max_replication_slots=20 -c max_wal_senders=20 -c fsync=off "
             "-c full_page_writes=off"
         )
         subprocess.run(
