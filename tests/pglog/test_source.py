@@ -19,7 +19,7 @@ from freshviews.worker.check import check
 from freshviews.worker.pglog import log_source
 from freshviews.worker.settings import SubscriberSettings
 from tests.pglog.conftest import RunSource, logged
-from tests.pglog.views import registry
+from tests.pglog.views import SCHEMA, registry
 from tests.support.helpers import wait_until
 from tests.support.pgcluster import Database
 from tests.support.proxy import FaultProxy
@@ -198,3 +198,26 @@ async def test_the_replication_connection_killed_under_writes_loses_no_change(
         await wait_until(lambda: _none(missing()), 30)
     failures = REGISTRY.get_sample_value("freshviews_pglog_errors_total", {"kind": "database"}) or 0.0
     assert failures > failures_before
+
+
+async def test_a_source_started_before_its_tables_waits_for_them(
+    pg_database: Database, redis: Redis, keys: Keys, redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = SubscriberSettings(
+        redis_url=redis_url, pglog_url=pg_database.url, pglog_slot=pg_database.slot,
+        pglog_publication=pg_database.slot, metrics_port=0,
+    )  # fmt: skip
+    source = log_source(redis, settings, registry)
+    assert source is not None
+    task = asyncio.create_task(source.run())
+    try:
+        await wait_until(lambda: "no table 'items' in the database (yet?)" in caplog.text, 10)
+        assert not task.done()
+        pg_database.psql(SCHEMA)  # the app starts and creates its tables
+        await _ready(pg_database)
+        pg_database.psql("INSERT INTO items VALUES (1, 'red', 'first')")
+        await wait_until(lambda: source.changes == 1, 15)
+    finally:
+        source.stop()
+        await asyncio.wait_for(task, 10)
+    assert [c.id for c in await logged(redis, keys)] == ["1"]

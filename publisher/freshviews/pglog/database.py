@@ -21,6 +21,10 @@ logger = logging.getLogger(__name__)
 PLUGIN = "pgoutput"
 
 
+class TableMissing(LookupError):
+    """A watched table does not exist (yet): the app that creates it may not have started. Retried."""
+
+
 def _table(name: str) -> sql.Composed:
     schema, _, table = name.rpartition(".")
     return sql.SQL(".").join([sql.Identifier(schema or "public"), sql.Identifier(table)])
@@ -51,7 +55,8 @@ def ensure(url: str, *, slot: str, publication: str, tables: Sequence[str]) -> P
     """Create the publication over ``tables`` (or set its tables) and the slot, where missing.
 
     Raises :class:`ConfigError` for what waiting will not fix: ``wal_level`` not ``logical``, no tables, a table
-    that is missing or has no replica identity (its updates would fail once it is published).
+    without a replica identity (its updates would fail once it is published); :class:`TableMissing` for a table
+    not created yet.
     """
     if not tables:
         raise ConfigError("FRESHVIEWS_PGLOG_TABLES: no tables to watch (and no views naming entities)")
@@ -112,7 +117,7 @@ def _identities(cur: psycopg2.extensions.cursor, tables: Sequence[str]) -> dict[
         )
         row = cur.fetchone()
         if row is None:
-            raise ConfigError(f"FRESHVIEWS_PGLOG_TABLES: no table {table!r} in the database")
+            raise TableMissing(f"no table {table!r} in the database (yet?)")
         identity, indexed = row
         if identity == "n" or (identity in "di" and not indexed):
             # Published without a replica identity, the table's UPDATEs and DELETEs would start failing.

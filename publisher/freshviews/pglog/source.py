@@ -10,7 +10,8 @@ a recompute reads the source, and the change carries the same origin ``pg:<commi
 confirmed (and is sent again by the server).
 
 A database or Redis away is weather: the session ends, a warning is logged, and it starts again with backoff
-(at most :data:`RETRY_MAX` apart). A configuration the database refuses (``wal_level``, a table without a key)
+(at most :data:`RETRY_MAX` apart); so is a watched table not created yet (looked for again, at most
+:data:`TABLE_RETRY_MAX` apart). A configuration the database refuses (``wal_level``, a table without a key)
 is a :class:`~freshviews.core.settings.ConfigError`, raised at once.
 """
 
@@ -38,6 +39,8 @@ logger = logging.getLogger(__name__)
 
 RETRY_FIRST = 0.2
 RETRY_MAX = 2.0
+#: Longest wait between looks for a watched table not created yet, seconds.
+TABLE_RETRY_MAX = 5.0
 #: How often the source measures its slot's lag and publishes its status, seconds.
 STATUS_INTERVAL = 2.0
 
@@ -111,6 +114,11 @@ class LogSource:
                     prepared = await self.prepare()
                     await self._session(prepared.primary_keys)
                     delay = RETRY_FIRST
+                except database.TableMissing as exc:
+                    # Weather, like the database being away: the app that creates the tables may start later.
+                    logger.warning("log source: %s; again in %.1fs", exc, delay)
+                    await self._sleep(delay)
+                    delay = min(delay * 2, TABLE_RETRY_MAX)
                 except (psycopg2.Error, OSError) as exc:
                     metrics.ERRORS.labels("database").inc()
                     logger.warning("log source: the database failed (%s); again in %.1fs", _first_line(exc), delay)
