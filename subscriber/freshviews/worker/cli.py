@@ -1,4 +1,5 @@
-"""The subscriber's commands: ``subscriber`` (the process), ``sweep`` (one repair pass) and ``check`` (liveness).
+"""The subscriber's commands: ``subscriber`` (the process), ``sweep`` (one repair pass), ``check`` (liveness) and
+``pglog`` (the PostgreSQL log source alone, or ``--drop`` to remove its slot and publication).
 
 They are commands of ``freshviews`` (``freshviews subscriber --views myapp.views:registry``); ``python -m
 freshviews.worker`` runs the subscriber as ``freshviews subscriber`` would. Every flag is also a
