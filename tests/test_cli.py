@@ -58,7 +58,7 @@ def test_demo_runs_the_stack_for_its_duration_and_stops_it(tmp_path: Path, redis
     port = free_port()
     result = run(
         ["demo", "--port", str(port), "--rate", "10", "--duration", "4"],
-        env_for(tmp_path, redis_url, SUBSCRIBER_SWEEP_INTERVAL="0"),
+        env_for(tmp_path, redis_url, SUBSCRIBER_SWEEP_INTERVAL="0", SUBSCRIBER_SAMPLE_RATE="0"),
         timeout=120,
     )
     assert result.returncode == 0, result.stdout + result.stderr

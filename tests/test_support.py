@@ -17,6 +17,6 @@ async def test_six_cluster_nodes_form_three_masters_with_a_replica_each(start_cl
         assert len(cluster.get_replicas()) == 3
         for n in range(20):  # keys over every master's slots
             await cluster.set(f"k{n}", n)
-            assert int(await cluster.get(f"k{n}")) == n
+            assert await cluster.get(f"k{n}") == str(n).encode()
     finally:
         await cluster.aclose()

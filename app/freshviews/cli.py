@@ -78,6 +78,7 @@ def serve_command(args: argparse.Namespace) -> int:
     import uvicorn
 
     from freshviews.serving.listen import log_config, serve
+    from freshviews.serving.protocol import deadline_protocol
     from freshviews.serving.settings import ServingSettings
 
     if not args.app or ":" not in args.app:
@@ -96,6 +97,8 @@ def serve_command(args: argparse.Namespace) -> int:
         log_config=log_config(args.log_level),
         access_log=not args.no_access_log,
         timeout_graceful_shutdown=args.timeout_graceful_shutdown,
+        # httptools with deadlines on reading a request and a cap on its head (serving/protocol.py).
+        http=deadline_protocol(settings),
     )
     # The exit status uvicorn.run gives a server that failed to start (a port in use, an app that failed).
     return 0 if serve(config, settings) else 3

@@ -22,9 +22,18 @@ from typing import Any
 
 from tests.bench.common import percentile, seconds_of
 
+#: An idle connection older than this is closed rather than reused: uvicorn closes idle keep-alive connections
+#: after 5 s (``timeout_keep_alive``), and a request sent on one the server is closing fails on the client's side
+#: of the race, an error the server never made.
+IDLE_EXPIRY = 4.0
+
 
 class HttpError(Exception):
     """The server closed the connection or answered something this client does not parse."""
+
+
+class ClosedIdle(HttpError):
+    """A reused connection was closed by the server before any answer: safe to retry an idempotent request."""
 
 
 class Connection:
@@ -34,6 +43,9 @@ class Connection:
         self.reader = reader
         self.writer = writer
         self.host = host
+        self.requests = 0
+        #: When the last answer was read (monotonic), for the pool's idle expiry.
+        self.idle_since = time.monotonic()
 
     @classmethod
     async def open(cls, host: str, port: int) -> Connection:
@@ -49,10 +61,14 @@ class Connection:
         self.writer.write(b"%s %s HTTP/1.1\r\nhost: %s\r\n%s\r\n" % (method.encode(), path.encode(), self.host, extra))
         if body:
             self.writer.write(body)
+        reused = self.requests > 0
+        self.requests += 1
         try:
             head = await self.reader.readuntil(b"\r\n\r\n")
         except (asyncio.IncompleteReadError, ConnectionError) as exc:
-            raise HttpError(f"connection closed: {exc}") from None
+            nothing = not isinstance(exc, asyncio.IncompleteReadError) or not exc.partial
+            error = ClosedIdle if reused and nothing else HttpError
+            raise error(f"connection closed: {exc}") from None
         lines = head.split(b"\r\n")
         status = int(lines[0].split(b" ", 2)[1])
         fields: dict[bytes, bytes] = {}
@@ -66,6 +82,7 @@ class Connection:
             payload = await self._chunked()
         else:
             payload = b""
+        self.idle_since = time.monotonic()
         return status, fields, payload
 
     async def _chunked(self) -> bytes:
@@ -92,23 +109,48 @@ class Pool:
         self._idle: list[Connection] = []
         self._slots = asyncio.Semaphore(size)
         self.opened = 0
+        #: Idle connections closed for age, and requests resent once on a fresh connection (GET and HEAD only).
+        self.expired = 0
+        self.retried = 0
 
     async def request(self, method: str, path: str, **kwargs: Any) -> tuple[int, dict[bytes, bytes], bytes]:
         async with self._slots:
-            conn = self._idle.pop() if self._idle else None
-            if conn is None:
-                conn = await Connection.open(self.host, self.port)
-                self.opened += 1
             try:
-                result = await conn.request(method, path, **kwargs)
-            except BaseException:
-                await conn.close()
-                raise
-            if result[1].get(b"connection") == b"close":
-                await conn.close()
-            else:
-                self._idle.append(conn)
-            return result
+                return await self._once(await self._connection(), method, path, **kwargs)
+            except ClosedIdle:
+                if method not in ("GET", "HEAD"):
+                    raise  # the server may have acted on it: never sent twice
+                # The server closed a connection the expiry had not caught yet; a fresh one answers.
+                self.retried += 1
+                return await self._once(await self._open(), method, path, **kwargs)
+
+    async def _connection(self) -> Connection:
+        now = time.monotonic()
+        while self._idle:
+            conn = self._idle.pop()
+            if now - conn.idle_since < IDLE_EXPIRY:
+                return conn
+            await conn.close()
+            self.expired += 1
+        return await self._open()
+
+    async def _open(self) -> Connection:
+        self.opened += 1
+        return await Connection.open(self.host, self.port)
+
+    async def _once(
+        self, conn: Connection, method: str, path: str, **kwargs: Any
+    ) -> tuple[int, dict[bytes, bytes], bytes]:
+        try:
+            result = await conn.request(method, path, **kwargs)
+        except BaseException:
+            await conn.close()
+            raise
+        if result[1].get(b"connection") == b"close":
+            await conn.close()
+        else:
+            self._idle.append(conn)
+        return result
 
     async def close(self) -> None:
         idle, self._idle = self._idle, []

@@ -21,7 +21,7 @@ from redis.asyncio import Redis
 from freshviews.core.keys import Keys
 from tests.bench.clients import Connection
 from tests.bench.common import Config, Figures, percentile
-from tests.bench.stack import Stack
+from tests.bench.stack import Stack, commit_times
 
 ROUTE = "/cache/stream"
 PLAYER = 1
@@ -130,8 +130,7 @@ async def _round(stack: Stack, redis: Redis, clients: list[SseClient], points: i
         async with httpx.AsyncClient(base_url=stack.base_url, timeout=10) as http:
             answer = await http.post("/api/scores", json={"player_id": PLAYER, "points": points})
         answer.raise_for_status()
-        change_ids = answer.json().get("change_ids") or []
-        committed = int(change_ids[0].split("-")[0]) / 1000 if change_ids else None
+        score_id = str(answer.json()["id"])
         notified, version = None, None
         deadline = time.monotonic() + ROUND_TIMEOUT
         while version is None and time.monotonic() < deadline:
@@ -141,7 +140,7 @@ async def _round(stack: Stack, redis: Redis, clients: list[SseClient], points: i
                 if key == KEY:
                     notified, version = time.time(), int(text)
     finally:
-        await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
+        await pubsub.aclose()
     if version is None:
         return {"version": None, "from_commit": [], "from_notification": [], "missing_clients": len(clients)}
     while time.monotonic() < deadline and any(c.newest() < version for c in clients):  # noqa: ASYNC110
@@ -149,6 +148,7 @@ async def _round(stack: Stack, redis: Redis, clients: list[SseClient], points: i
         await asyncio.sleep(0.01)
     arrivals = [next((t for v, t in c.arrivals if v >= version), None) for c in clients]
     got = [t for t in arrivals if t is not None]
+    committed = (await commit_times(redis, "scores")).get(score_id)
     return {
         "version": version,
         "from_commit": [t - committed for t in got] if committed is not None else [],
@@ -240,7 +240,7 @@ async def run(config: Config) -> dict[str, Any]:
     stack = Stack(
         workdir=config.workdir("fanout"),
         database_file=config.database("fanout"),
-        publish=True,
+        capture=True,
         sweep_interval=60.0,
         extra_env={"FRESHVIEWS_SSE_MAX_STREAMS": str(max_streams)},
     ).start()

@@ -75,7 +75,8 @@ class Item(Base):
 def _settings(redis_url: str, cluster: Cluster, db: str, **extra: Any) -> SubscriberSettings:
     return SubscriberSettings(
         redis_url=redis_url, consumer="bench", sweep_interval=0, metrics_port=0, block_ms=100,
-        stream_maxlen=1_000_000, pglog_url=cluster.url(db), pglog_slot=db, pglog_publication=db, **extra,
+        stream_maxlen=1_000_000, pglog_url=cluster.url(db), pglog_slot=db, pglog_publication=db, sample_rate=0,
+        **extra,
     )  # fmt: skip
 
 

@@ -44,6 +44,7 @@ BENCHMARKS = {
     "write": "tests.bench.write",
     "subscriber": "tests.bench.subscriber",
     "fanout": "tests.bench.fanout",
+    "sampler": "tests.bench.sampler",
     "pglog": "tests.bench.pglog",
 }
 

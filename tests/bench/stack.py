@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from tests.bench.common import SOURCE, source_path
 from tests.support.helpers import free_port, redis_executable, wait_for
@@ -19,6 +19,8 @@ from tests.support.metrics import metric, scrape
 from tests.support.processes import Process, wait_http
 
 if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
     # Imported where used: run.py puts the measured snapshot of the product first on sys.path only after the
     # bench modules are loaded, and nothing of the product may be imported before that.
     from freshviews.core.embedded import EmbeddedRedis
@@ -31,12 +33,13 @@ SCOREBOARD_APP = ("freshviews.scoreboard.main:create_app", "--factory")
 class Stack:
     """One system under test: its own Redis, a backend process and optionally a subscriber process.
 
-    ``publish`` is the backend's FRESHVIEWS_PUBLISH_ENABLED; ``sweep_interval`` None means no subscriber.
+    ``capture`` is the backend's APP_CAPTURE (off: no change is recorded, only the sweep refreshes: the timed
+    warmer); ``sweep_interval`` None means no subscriber.
     """
 
     workdir: Path
     database_file: Path
-    publish: bool = True
+    capture: bool = True
     sweep_interval: float | None = None
     launcher: Sequence[str] = ()
     #: More environment for both processes (a benchmark's own settings, reported in its conditions).
@@ -68,7 +71,7 @@ class Stack:
             DATABASE_URL=f"sqlite:///{self.database_file}",
             FRESHVIEWS_DATA_DIR=str(self.workdir / "data"),
             FRESHVIEWS_PORT=str(self.app_port),
-            FRESHVIEWS_PUBLISH_ENABLED="true" if self.publish else "false",
+            APP_CAPTURE="true" if self.capture else "false",
             SUBSCRIBER_METRICS_PORT=str(self.metrics_port),
             SUBSCRIBER_SWEEP_INTERVAL=str(self.sweep_interval or 0),
             PYTHONUNBUFFERED="1",
@@ -180,3 +183,26 @@ class Stack:
                 proc.stop()
         if self.redis is not None:
             self.redis.stop()
+
+
+async def commit_times(redis: Redis, entity: str) -> dict[str, float]:
+    """When each row of ``entity`` named in the change log was committed (epoch seconds, the newest per id).
+
+    The time is the one the capture recorded in the write's transaction (``t``, 1 ms resolution), on this
+    machine's clock, the clock the benchmarks read too.
+    """
+    from freshviews.core.events import ChangeDecodeError, decode
+    from freshviews.core.keys import Keys
+
+    times: dict[str, float] = {}
+    last = "-"
+    while entries := await redis.xrange(Keys().changes, min=last, count=10_000):
+        for _, fields in entries:
+            try:
+                change = decode(cast("dict[bytes, bytes]", fields))
+            except ChangeDecodeError:
+                continue
+            if change.entity == entity:
+                times[change.id] = change.committed_ms / 1000
+        last = "(" + entries[-1][0].decode()
+    return times

@@ -17,7 +17,9 @@ async def _affected_none(ctx: Any, changes: Sequence[Change]) -> list[dict[str, 
     return []
 
 
-def _view(template: str, params: dict[str, Any] | None = None, entities: frozenset[str] = frozenset({"item"})) -> View:
+def _view(
+    template: str, params: dict[str, Any] | None = None, entities: frozenset[str] = frozenset({"item"})
+) -> View[Any]:
     return View(
         template=template,
         compute=compute_item,

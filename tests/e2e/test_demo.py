@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from freshviews.core.embedded import ping
-from tests.support.helpers import free_port
+from tests.support.helpers import BUSY_MARGIN, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -88,7 +88,8 @@ def test_the_demo_runs_on_embedded_defaults_and_a_write_shows_within_a_second(tm
             log,
         )
         elapsed = time.monotonic() - written
-        assert elapsed < 1.0, f"the write took {elapsed:.3f}s to reach the cache"
+        # The promise (1 s) plus what a busy machine may add; the demo's sweep would take minutes.
+        assert elapsed < 1.0 + BUSY_MARGIN, f"the write took {elapsed:.3f}s to reach the cache"
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGINT)  # Ctrl-C, as the README says

@@ -7,20 +7,27 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import cast
 
 import httpx
 import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
+from redis.typing import EncodableT, FieldT
 
-from tests.support.helpers import wait_until
+from freshviews.core.keys import Keys
+from freshviews.worker.check import check
+from freshviews.worker.settings import SubscriberSettings
+from tests.support.helpers import BUSY_MARGIN, wait_until
 from tests.support.metrics import metric
 from tests.support.stack import Stack, live_keys, stale_keys
 
 pytestmark = pytest.mark.slow
 
 # A write's affected views must show it within this long (the acceptance bound).
-FRESH_WITHIN = 1.0
+#: The promise is 1 s (the README's: a committed write readable within milliseconds, 1 s at worst on a busy
+#: machine); BUSY_MARGIN is what a loaded CI machine may add. The sweep is off here: a missed write never arrives.
+FRESH_WITHIN = 1.0 + BUSY_MARGIN
 
 
 async def _subscriber_metrics(stack: Stack) -> str:
@@ -217,7 +224,7 @@ async def test_poison_is_dead_lettered_and_healthy_changes_keep_flowing(stack: S
     stack.start_subscriber()
     stack.start_app()
     await _warmed(stack)
-    poison = [
+    poison: list[dict[FieldT, EncodableT]] = [
         {"c": b"not json"},
         {"c": b'{"s": 1, "e": "score"}'},  # no id, no op
         {"x": b"no change field"},
@@ -232,9 +239,38 @@ async def test_poison_is_dead_lettered_and_healthy_changes_keep_flowing(stack: S
         elapsed = await _fresh(client, ["team/2"], since=started, stack=stack)
         assert elapsed < FRESH_WITHIN
     await wait_until(lambda: _drained(redis), timeout=10, message="poison left pending")
-    letters = await redis.xrange("fv:dead")
+    letters = cast("list[tuple[bytes, dict[bytes, bytes]]]", await redis.xrange("fv:dead"))
     assert len(letters) == len(poison)
     kinds = sorted(fields[b"kind"].decode() for _, fields in letters)
     assert kinds == ["decode", "decode", "decode"]
     assert all(fields[b"reason"] for _, fields in letters)
     assert stack.subscribers[0].running
+
+
+async def test_readyz_says_when_the_cache_is_warm(stack: Stack, redis: Redis) -> None:
+    stack.start_app()
+    async with httpx.AsyncClient(base_url=stack.base_url, timeout=10) as client:
+        # No subscriber yet: nothing has filled the cache.
+        answer = await client.get("/readyz")
+        assert answer.status_code == 503, answer.text
+        assert answer.json()["status"] == "warming"
+        assert answer.headers["retry-after"] == "1"
+        subscriber = stack.start_subscriber()
+
+        async def ready() -> bool:
+            return (await client.get("/readyz")).status_code == 200
+
+        await wait_until(ready, timeout=60, interval=0.05, message=f"never ready\n{stack.logs()}")
+        # Ready means filled: every key the registry enumerates is in Redis, none left to the miss path.
+        keys = Keys()
+        live = await live_keys(stack.database_url or "")
+        missing = [key for key in live if not await redis.exists(keys.value(key))]
+        assert not missing, missing[:5]
+        # The same signal in `freshviews check`.
+        health = await check(redis, SubscriberSettings(redis_url=stack.redis_url))
+        assert health.details["cache"] == "warm"
+        # Redis losing its data (a restart without persistence) takes the signal with it (the subscriber stopped
+        # first, or its recovery sweep would race the read below and fill the cache again).
+        subscriber.stop()
+        await redis.flushall()
+        assert (await client.get("/readyz")).status_code == 503

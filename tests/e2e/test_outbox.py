@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from typing import cast
 
 import httpx
 import pytest
@@ -169,7 +170,7 @@ async def test_10000_writes_on_busy_cores_every_change_is_applied(
 
             await wait_until(applied, timeout=120, interval=0.2, message=f"not applied\n{stack.logs()}")
         entries = await redis.xrange(Keys().changes)
-        relayed = {decode(fields).origin for _, fields in entries}
+        relayed = {decode(cast("dict[bytes, bytes]", fields)).origin for _, fields in entries}
         consumed = metric(await _metrics(stack), "freshviews_changes_consumed_total")
         print(f"outbox rows written {written}, changes relayed {len(relayed)}, changes applied {consumed:.0f}")
         assert relayed == {f"outbox:{i}" for i in range(1, written + 1)}

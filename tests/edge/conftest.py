@@ -43,7 +43,8 @@ def edge_stack(tmp_path_factory: pytest.TempPathFactory, redis_server_executable
     stack = Stack(tmp, redis_server.url, f"sqlite+aiosqlite:///{tmp / 'scoreboard.db'}", redis_server=redis_server)
     try:
         stack.seed()
-        stack.start_subscriber()
+        # The sampler on (the stack's default turns it off): the dashboard's freshness panel shows its figures.
+        stack.start_subscriber(SUBSCRIBER_SAMPLE_RATE="20")
         stack.start_app()
         _wait_warm(stack)
         yield stack

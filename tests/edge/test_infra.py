@@ -216,7 +216,7 @@ def test_dockerfile_ships_every_package_and_runs_unprivileged(compose: dict[str,
     assert roots <= copied, f"not copied into the image: {roots - copied}"
     (base,) = [args for op, args in instructions if op == "FROM"]
     minimum = tuple(int(p) for p in pyproject["project"]["requires-python"].removeprefix(">=").split("."))
-    version = tuple(int(p) for p in re.search(r"python:(\d+)\.(\d+)", base).groups())  # type: ignore[union-attr]
+    version = tuple(int(p) for p in re.search(r"python:(\d+)\.(\d+)", base).groups())
     assert version >= minimum
     users = [args for op, args in instructions if op == "USER"]
     assert users
@@ -335,7 +335,9 @@ def test_redis_conf_is_accepted_by_redis_and_never_evicts(redis_server_executabl
                 pass
             if server.poll() is not None or time.monotonic() > deadline:
                 log = (tmp_path / "redis.log").read_text() if (tmp_path / "redis.log").exists() else ""
-                pytest.fail(f"redis-server refused infra/redis.conf:\n{server.stdout and server.stdout.read()}\n{log}")
+                pytest.fail(
+                    f"redis-server refused infra/redis.conf:\n{server.stdout and server.stdout.read()!r}\n{log}"
+                )
             time.sleep(0.05)
         assert b"noeviction" in _redis(port, "CONFIG", "GET", "maxmemory-policy")
         assert _redis(port, "CONFIG", "GET", "appendonly").endswith(b"$3\r\nyes\r\n")

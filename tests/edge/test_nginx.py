@@ -14,14 +14,17 @@ import httpx
 import pytest
 
 from tests.edge.nginx import Nginx
-from tests.support.helpers import free_port
+from tests.support.helpers import BUSY_MARGIN, free_port
+from tests.support.rawhttp import exchange
 from tests.support.sse import Event, SSEReader
 from tests.support.stack import Stack
 
 pytestmark = pytest.mark.slow
 
 #: The first event after a write must arrive through nginx within this long (the acceptance bound).
-FRESH_WITHIN = 1.0
+#: The promise is 1 s (the README's: a committed write readable within milliseconds, 1 s at worst on a busy
+#: machine); BUSY_MARGIN is what a loaded CI machine may add. The sweep is off here: a missed write never arrives.
+FRESH_WITHIN = 1.0 + BUSY_MARGIN
 #: The micro-cache's validity (proxy_cache_valid in infra/nginx.conf): polling readers may lag this much more.
 MICRO_CACHE = 1.0
 PATIENCE = 5.0
@@ -159,3 +162,32 @@ def test_the_dashboard_is_served_through_nginx(nginx: Nginx) -> None:
     weak = script.headers["etag"]
     assert weak.startswith("W/")
     assert httpx.get(f"{nginx.url}/static/dashboard.js", headers={"If-None-Match": weak}).status_code == 304
+
+
+#: infra/nginx.conf's client_header_timeout and client_body_timeout, and what a close may be late by.
+HEADER_TIMEOUT, BODY_TIMEOUT, LATE = 5.0, 10.0, 1.0
+
+
+async def test_nginx_closes_slow_heads_and_stalled_bodies_and_refuses_oversized_heads(nginx: Nginx) -> None:
+    head = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n"
+    stalled = (
+        b"POST /api/teams HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 1000\r\n\r\n" + b'{"name": "st'
+    )
+    # A slowloris head, a head that stops half way, a body that stalls: together, so the wait is the longest one.
+    (slow, _), (half, _), (body, answered) = await asyncio.gather(
+        exchange(nginx.port, head, trickle=b"X-Slow: 1\r\n", every=1.0),
+        exchange(nginx.port, head),
+        exchange(nginx.port, stalled),
+    )
+    assert HEADER_TIMEOUT * 0.9 <= half <= HEADER_TIMEOUT + LATE, half
+    # nginx's header timeout counts from the connection, however the head trickles in.
+    assert HEADER_TIMEOUT * 0.9 <= slow <= HEADER_TIMEOUT + LATE, slow
+    assert BODY_TIMEOUT * 0.9 <= body <= BODY_TIMEOUT + LATE, body
+    assert not answered.startswith(b"HTTP/1.1 2"), answered[:200]
+
+    _, refused = await exchange(nginx.port, head + b"X-Big: " + b"a" * 1_000_000 + b"\r\n\r\n")
+    assert refused.startswith(b"HTTP/1.1 400"), refused[:200]
+    assert b"Request Header Or Cookie Too Large" in refused
+    _, refused = await exchange(nginx.port, head + b"".join(b"X-%d: %s\r\n" % (n, b"b" * 1000) for n in range(20)))
+    assert refused.startswith(b"HTTP/1.1 400"), refused[:200]

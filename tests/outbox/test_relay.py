@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import cast
 
 import pytest
 from redis.asyncio import Redis
@@ -45,7 +46,7 @@ async def _count(redis: Redis, keys: Keys, wanted: int) -> bool:
 
 
 async def _logged(redis: Redis, keys: Keys) -> list[Change]:
-    return [decode(fields) for _, fields in await redis.xrange(keys.changes)]
+    return [decode(cast("dict[bytes, bytes]", fields)) for _, fields in await redis.xrange(keys.changes)]
 
 
 async def test_rows_reach_the_log_with_their_origin_and_leave_the_outbox(

@@ -65,7 +65,7 @@ async def test_a_psql_write_is_in_the_cache_within_a_second(
             started = time.monotonic()
             db.psql(f"INSERT INTO items VALUES ({item}, 'blue', 'written by psql')")
             await wait_until(
-                lambda item=item: redis.exists(keys.value(f"item/{item}")),  # type: ignore[misc]
+                lambda item=item: redis.exists(keys.value(f"item/{item}")),
                 FRESH_WITHIN - (time.monotonic() - started),
                 interval=0.005,
                 message=subscriber.log,

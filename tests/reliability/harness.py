@@ -63,6 +63,7 @@ class World:
                 "SUBSCRIBER_RECLAIM_IDLE_MS": str(RECLAIM_IDLE_MS),
                 "SUBSCRIBER_RECLAIM_INTERVAL": "0.2",
                 "SUBSCRIBER_SWEEP_INTERVAL": "0",
+                "SUBSCRIBER_SAMPLE_RATE": "0",
                 "PYTHONUNBUFFERED": "1",
                 **env,
             },

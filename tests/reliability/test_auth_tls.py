@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import httpx
@@ -44,7 +44,7 @@ class ServerExited(Exception):
     pass
 
 
-def _server(tmp: Path, executable: str, port: int, *args: str) -> Iterator[int]:
+def _server(tmp: Path, executable: str, port: int, *args: str) -> Generator[int]:
     """Run ``executable`` with ``args`` until the generator closes; yields ``port`` once it accepts connections."""
     proc = subprocess.Popen(
         [executable, "--bind", "127.0.0.1", "--dir", str(tmp), "--save", "", *args],

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import signal
 import time
+from typing import cast
 
 import pytest
+from redis.typing import EncodableT, FieldT
 
 from freshviews.core.keys import DATA
 from tests.reliability.harness import KEYS, RECLAIM_IDLE_MS, World, converged, shows
 from tests.support.helpers import wait_until
 from tests.support.metrics import metric
-from tests.support.world import ROWS
+from tests.support.world import ROWS, Source
 
 pytestmark = pytest.mark.slow
 
@@ -42,12 +43,15 @@ async def test_a_subscriber_killed_mid_batch_loses_nothing(world: World, writes:
 async def test_a_frozen_consumer_is_fenced_when_it_wakes(world: World) -> None:
     zombie = world.start("zombie", KV_DELAY_MS="1500", KV_DELAY_ROWS="7")
     await wait_until(lambda: world.cache.exists(KEYS.value("kv/1")), timeout=60, message="no warm-up")
+    held = int(await world.source.get(Source.HELD) or 0)
     await world.write([7], writer="old")
     # Wait until the zombie holds the change: it has read row 7 and sleeps on it.
     await wait_until(
         lambda: _pending_on(world, "zombie"), timeout=10, message=f"the zombie never took the change\n{world.logs()}"
     )
-    await asyncio.sleep(0.2)
+    await wait_until(
+        lambda: _held_since(world, held), timeout=10, message=f"the zombie never read the row\n{world.logs()}"
+    )
     zombie.signal(signal.SIGSTOP)
     try:
         await world.write([7], writer="new")
@@ -58,7 +62,8 @@ async def test_a_frozen_consumer_is_fenced_when_it_wakes(world: World) -> None:
             timeout=10,
             message=f"the zombie's change was not reclaimed\n{world.logs()}",
         )
-        await asyncio.sleep(2 * RECLAIM_IDLE_MS / 1000)
+        # The newer value lands while the zombie still sleeps: its stale result must meet the fence.
+        await wait_until(lambda: shows(world, 7, "new"), timeout=10, message=world.logs())
     finally:
         zombie.signal(signal.SIGCONT)
     # The zombie wakes and finishes its stale compute; the fence refuses the write.
@@ -66,8 +71,12 @@ async def test_a_frozen_consumer_is_fenced_when_it_wakes(world: World) -> None:
         lambda: _fenced(world, "zombie"), timeout=10, message=f"no fence rejection counted\n{world.logs()}"
     )
     await converged(world, within=2)
-    assert json.loads(await world.cache.hget(KEYS.value("kv/7"), DATA))["w"] == "new"
+    assert json.loads(cast(bytes, await world.cache.hget(KEYS.value("kv/7"), DATA)))["w"] == "new"
     assert not world.violations, world.violations[:5]
+
+
+async def _held_since(world: World, held: int) -> bool:
+    return int(await world.source.get(Source.HELD) or 0) > held
 
 
 async def _pending_on(world: World, consumer: str, expect: int | None = None) -> bool:
@@ -84,7 +93,7 @@ async def _fenced(world: World, name: str) -> bool:
 async def test_poison_is_dead_lettered_and_healthy_changes_keep_flowing(world: World) -> None:
     world.start("sub-1")
     await wait_until(lambda: world.cache.exists(KEYS.value("kv/1")), timeout=30, message="no warm-up")
-    poison: list[dict[bytes | str, bytes | str]] = [
+    poison: list[dict[FieldT, EncodableT]] = [
         {"c": b"\x00\xffnot json"},
         {"c": b'{"s": 1, "e": "row"}'},  # no id, no operation
         {"c": b'{"s": 1, "e": 5, "i": [1], "o": "zz", "t": "later"}'},  # wrong types
@@ -102,7 +111,7 @@ async def test_poison_is_dead_lettered_and_healthy_changes_keep_flowing(world: W
         await wait_until(lambda: shows(world, 42, f"after poison {len(lags)}"), timeout=5, message=world.logs())
         lags.append(time.monotonic() - started)
     await wait_until(lambda: _no_pending(world), timeout=5, message="poison left pending")
-    letters = await world.cache.xrange(KEYS.dead_letters)
+    letters = cast("list[tuple[bytes, dict[bytes, bytes]]]", await world.cache.xrange(KEYS.dead_letters))
     assert len(letters) == len(poison)
     assert all(fields[b"reason"] for _, fields in letters)
     assert max(lags) < 1.0, lags

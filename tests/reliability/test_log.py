@@ -7,6 +7,7 @@ import asyncio
 import json
 import random
 import time
+from typing import cast
 
 import pytest
 
@@ -73,7 +74,7 @@ async def test_reordered_and_duplicated_changes_leave_the_same_bytes(world: Worl
     for start in range(0, len(again), 200):
         await world.publisher.publish(*again[start : start + 200])
     await converged(world, within=5)
-    rows = [await world.source.hgetall(Source.row(i)) for i in range(1, ROWS + 1)]
+    rows = [cast("dict[bytes, bytes]", await world.source.hgetall(Source.row(i))) for i in range(1, ROWS + 1)]
     stored = [await world.cache.hget(KEYS.value(f"kv/{i}"), DATA) for i in range(1, ROWS + 1)]
     clean = [json.dumps(render(i, row), separators=(",", ":")).encode() for i, row in enumerate(rows, start=1)]
     assert stored == clean
@@ -103,7 +104,13 @@ async def test_a_log_trimmed_past_unread_changes_is_detected_once_and_swept(worl
         return metric(await world.metrics("sub-2"), "freshviews_sweeps_total", reason="gap") == 1
 
     await wait_until(swept, timeout=5, message="no gap sweep")
-    await asyncio.sleep(1)  # several reclaim rounds: the same hole must not be reported again
+    rounds = metric(await world.metrics("sub-2"), "freshviews_reclaim_rounds_total")
+
+    async def checked_again() -> bool:
+        return metric(await world.metrics("sub-2"), "freshviews_reclaim_rounds_total") >= rounds + 3
+
+    # Three more rounds, each checking the log for gaps: the same hole must not be reported again.
+    await wait_until(checked_again, timeout=10, message="the reclaim loop stopped")
     text = await world.metrics("sub-2")
     assert metric(text, "freshviews_log_gaps_total") == 1
     assert metric(text, "freshviews_sweeps_total", reason="gap") == 1

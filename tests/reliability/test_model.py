@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Coroutine
-from typing import Any, TypeVar
+from collections.abc import Awaitable
+from typing import TypeVar
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -53,10 +53,10 @@ class CacheModel(RuleBasedStateMachine):
         self.subscriber = self._subscriber()
         self.run(self.subscriber.start())
 
-    def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        return self.loop.run_until_complete(coro)
+    def run(self, step: Awaitable[T]) -> T:
+        return self.loop.run_until_complete(step)
 
-    def _subscriber(self, *, same_name: bool = True) -> Subscriber:
+    def _subscriber(self, *, same_name: bool = True) -> Subscriber[World]:
         if not same_name:
             self.generation += 1
         settings = SubscriberSettings(

@@ -18,7 +18,7 @@ from asgi_lifespan import LifespanManager
 from redis.asyncio import Redis
 
 from freshviews.core.keys import Keys
-from freshviews.serving.runtime import ServingSettings
+from freshviews.serving.settings import ServingSettings
 from freshviews.worker.store import CacheStore, PendingWrite
 from tests.support.serving import build_app
 from tests.support.world import ROWS, kv_registry

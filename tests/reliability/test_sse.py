@@ -19,7 +19,7 @@ import pytest
 from redis.asyncio import Redis
 
 from freshviews.core.keys import Keys
-from freshviews.serving.runtime import ServingSettings
+from freshviews.serving.settings import ServingSettings
 from tests.support.serving import build_app, live_server, put
 from tests.support.world import serving_registry
 

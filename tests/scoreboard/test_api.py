@@ -270,6 +270,17 @@ HOSTILE_BODIES = [
     b'{"player_id": 3, "points": ' + b"9" * 300 + b"}",
     b"[" * 5000 + b"]" * 5000,
     b'{"name": ' + b"[" * 3000 + b"]" * 3000 + b"}",
+    # The same values in the fields each route accepts on its own, so that each reaches that field's validation.
+    b'{"name": "\\ud800"}',
+    b'{"name": "\\udc00x", "region": "eu", "team_id": 1}',
+    b'{"points": "\\ud800"}',
+    b'{"points": 1e309}',
+    b'{"points": NaN}',
+    b'{"team_id": Infinity}',
+    b'{"team_id": ' + b"9" * 5000 + b"}",
+    b'{"points": -' + b"9" * 5000 + b"}",
+    b'{"region": "\\ud800"}',
+    b'{"name": "x", "region": "eu", "team_id": ' + b"[" * 5000 + b"]" * 5000 + b"}",
     b"\xff\xfe\x00",
     b"",
 ]

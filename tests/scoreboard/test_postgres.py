@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import cast
 
 import httpx
 import pytest
@@ -40,7 +41,10 @@ async def test_scoreboard_on_postgres(
         assert page["recent"][0] == {"id": 601, "points": 77, "created_at": score.json()["created_at"]}
         assert (await client.get("/healthz")).json()["database"] == "ok"
     # The lifespan's relay drained the outbox on the way out: every change is in the log.
-    logged = {(c.entity, c.op.value) for c in (decode(f) for _, f in await redis.xrange(Keys().changes))}
+    logged = {
+        (c.entity, c.op.value)
+        for c in (decode(cast("dict[bytes, bytes]", f)) for _, f in await redis.xrange(Keys().changes))
+    }
     assert logged == {("scores", "c"), ("players", "u"), ("players", "c"), ("teams", "c"), ("teams", "d")}
 
     db = open_database(settings.database_url_resolved())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import AsyncIterator, Callable
+from typing import cast
 
 import pytest
 import uvicorn
@@ -50,7 +51,9 @@ async def test_the_simulator_writes_at_the_requested_rate_and_every_change_reach
     await wait_until(lambda: _empty(db), timeout=5, message="the app's relay left rows in the outbox")
     async with db.engine.connect() as conn:
         written = await conn.scalar(text("SELECT seq FROM sqlite_sequence WHERE name = 'freshviews_outbox'"))
-    origins = [decode(fields).origin for _, fields in await redis.xrange(Keys().changes)]
+    origins = [
+        str(decode(cast("dict[bytes, bytes]", fields)).origin) for _, fields in await redis.xrange(Keys().changes)
+    ]
     # Every outbox row written is in the log, once; a score write leaves two (its player's total moves too).
     assert sorted(origins) == sorted(f"outbox:{i}" for i in range(1, written + 1))
     assert written >= summary.writes

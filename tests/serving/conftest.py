@@ -51,12 +51,13 @@ def open_client(stack: AsyncExitStack, redis_url: str) -> OpenClient:
 def start_subscriber(stack: AsyncExitStack, redis_url: str, keys: Keys, world: World) -> StartSubscriber:
     """Run a real subscriber (all its loops) on the session Redis for ``world``; stopped at the end of the test."""
 
-    async def start(**overrides: Any) -> Subscriber:
+    async def start(**overrides: Any) -> Subscriber[Any]:
         client = Redis.from_url(redis_url)
         options: dict[str, Any] = {
             "redis_url": redis_url,
             "consumer": "serving-tests",
             "sweep_interval": 0,
+            "sample_rate": 0,
             "metrics_port": 0,
             "block_ms": 50,
             **overrides,

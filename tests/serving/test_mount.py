@@ -49,7 +49,7 @@ async def _startup(app: ASGIApp) -> Message:
     answers: asyncio.Queue[Message] = asyncio.Queue()
     await inbox.put({"type": "lifespan.startup"})
     scope = {"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}
-    task = asyncio.create_task(app(scope, inbox.get, answers.put))
+    task = asyncio.ensure_future(app(scope, inbox.get, answers.put))
     try:
         async with asyncio.timeout(10):
             return await answers.get()

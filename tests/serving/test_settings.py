@@ -25,7 +25,7 @@ def test_the_app_settings_carry_the_read_side_from_the_environment(monkeypatch: 
 )
 def test_nonsense_values_are_refused(name: str, value: float) -> None:
     with pytest.raises(ValidationError, match=name):
-        ServingSettings(**{name: value})
+        ServingSettings.model_validate({name: value})
 
 
 async def test_more_concurrent_reads_than_the_pool_has_connections_is_refused() -> None:

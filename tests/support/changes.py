@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -25,4 +27,4 @@ class Log:
         entries = await self.redis.xrange(Keys().changes, min=f"({self.last}")
         if entries:
             self.last = entries[-1][0].decode()
-        return [decode(fields) for _, fields in entries]
+        return [decode(cast("dict[bytes, bytes]", fields)) for _, fields in entries]

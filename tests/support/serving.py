@@ -20,17 +20,18 @@ from freshviews.core.keys import Keys
 from freshviews.core.views import Registry
 from freshviews.serving import Serving, ServingSettings, cache_router, mount
 from freshviews.serving.listen import listening_socket, log_config
+from freshviews.serving.protocol import deadline_protocol
 from freshviews.worker.service import Subscriber
 from freshviews.worker.store import CacheStore, PendingWrite
 from tests.support.helpers import free_port, wait_until
 
 #: Short waits so that the tests of misses and timeouts stay fast.
-FAST = {"cache_miss_wait": 0.3, "cache_min_version_wait": 1.0, "cache_redis_timeout": 0.5}
+FAST: dict[str, Any] = {"cache_miss_wait": 0.3, "cache_min_version_wait": 1.0, "cache_redis_timeout": 0.5}
 
 #: ``await open_client(url=..., **settings)`` (fixture): an app over ASGI and an httpx client for it.
 OpenClient = Callable[..., Awaitable[tuple[httpx.AsyncClient, FastAPI]]]
 #: ``await start_subscriber(**settings)`` (fixture): a real subscriber running all its loops.
-StartSubscriber = Callable[..., Awaitable[Subscriber]]
+StartSubscriber = Callable[..., Awaitable[Subscriber[Any]]]
 
 
 def serving_of(app: FastAPI) -> Serving:
@@ -79,8 +80,8 @@ class _Server(uvicorn.Server):
 
 @asynccontextmanager
 async def live_server(app: FastAPI, settings: ServingSettings | None = None) -> AsyncIterator[str]:
-    """Serve ``app`` with uvicorn on a free port in this event loop, on the socket ``python -m app serve`` would
-    make for ``settings`` (default: the defaults); yield its base URL."""
+    """Serve ``app`` with uvicorn on a free port in this event loop, on the socket and with the request deadlines
+    ``freshviews serve`` would use for ``settings`` (default: the defaults); yield its base URL."""
     port = free_port()
     # uvicorn's logging as `freshviews serve` sets it up (the filter of dropped streams included), except the
     # root logger, where pytest's log capture listens.
@@ -94,6 +95,7 @@ async def live_server(app: FastAPI, settings: ServingSettings | None = None) -> 
         log_config=logging_config,
         lifespan="on",
         timeout_graceful_shutdown=2,
+        http=deadline_protocol(settings or ServingSettings()),
     )
     sock = listening_socket(config, settings or ServingSettings())
     server = _Server(config)

@@ -51,6 +51,8 @@ class Stack:
             FRESHVIEWS_PORT=str(self.app_port),
             SUBSCRIBER_METRICS_PORT=str(self.metrics_port),
             SUBSCRIBER_SWEEP_INTERVAL="0",
+            # The sampler recomputes keys on its own: tests that count recomputes turn it on where they look at it.
+            SUBSCRIBER_SAMPLE_RATE="0",
             SUBSCRIBER_RECLAIM_IDLE_MS="1000",
             SUBSCRIBER_RECLAIM_INTERVAL="0.3",
             PYTHONUNBUFFERED="1",

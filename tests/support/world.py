@@ -9,6 +9,8 @@ enumerations, raise. Variants:
 - :data:`VIEWS` / :data:`registry`: both views, enumerated; ``registry`` serves a module-level world for the
   command-line tests (``freshviews sweep --views tests.support.world:registry``), while in-process tests pass
   their own :class:`World` as the subscriber's context;
+- :data:`holed_registry`: the same views with one case left out of ``color/{color}``'s dependencies (the colour
+  an item leaves), for the consistency sampler's tests;
 - :data:`serving_registry`: ``item/{id}`` with max-age 5 and stale-while-revalidate 60 (headers told apart from
   the defaults) and no enumeration (the serving tests are about misses: a warm-up must not fill item keys);
 - :data:`counter_registry`: ``item/{id}`` over :data:`COUNTER`'s ids, each compute a new value (a counter), so
@@ -17,9 +19,9 @@ enumerations, raise. Variants:
 **Rows** (in a Redis of their own, for subscriber processes): a row is a hash ``row:<id>`` (``n``, a counter,
 and ``w``, the writer) in the Redis named by ``KV_SOURCE_URL``, never the cache's; ``kv/{id}`` renders one row
 and embeds its own key, so a reader can tell if it ever got another key's value. ``KV_DELAY_MS`` holds each
-compute that long after it read the row (to catch a subscriber mid-batch); ``KV_DELAY_ROWS`` (ids, comma
-separated) limits that to some rows. Subprocesses name it ``--views tests.support.world:kv_registry`` with the
-repository root on ``PYTHONPATH``.
+compute that long after it read the row (to catch a subscriber mid-batch; ``Source.HELD`` counts them);
+``KV_DELAY_ROWS`` (ids, comma separated) limits that to some rows. Subprocesses name it
+``--views tests.support.world:kv_registry`` with the repository root on ``PYTHONPATH``.
 """
 
 from __future__ import annotations
@@ -28,10 +30,10 @@ import asyncio
 import copy
 import os
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from redis.asyncio import Redis
 
@@ -161,6 +163,28 @@ async def _world() -> AsyncIterator[World]:
 
 
 registry: Registry[World] = Registry(VIEWS, context=_world)
+
+
+def colors_after(ctx: World, changes: Sequence[Change]) -> list[Params]:
+    """The hole: the colour an item has after a change, never the one it had before (an item moving from red to
+    blue leaves ``color/red`` listing it until a sweep)."""
+    return [{"color": c.after["color"]} for c in changes if c.after and c.after.get("color") in COLORS]
+
+
+#: The item views with one case left out of ``color/{color}``'s dependencies (see :func:`colors_after`): what the
+#: consistency sampler must find.
+HOLED_VIEWS = [
+    VIEWS[0],
+    View(
+        template="color/{color}",
+        compute=compute_color,
+        enumerate=enumerate_colors,
+        depends_on=[On("item", columns=("color",))],
+        affected=colors_after,
+        params={"color": Choice(COLORS)},
+    ),
+]
+holed_registry: Registry[World] = Registry(HOLED_VIEWS)
 serving_registry: Registry[World] = Registry(item_views(enumerated=False, max_age=5, stale_while_revalidate=60))
 
 # --- a counter per item, for the subscriber benchmark --------------------------------------------------------
@@ -216,6 +240,9 @@ class Source:
     #: Rows whose computes are held (None: all).
     delayed: frozenset[int] | None = None
 
+    #: Counts the computes held so far, so that a test can wait for a subscriber to be inside one.
+    HELD = "held"
+
     @staticmethod
     def row(row_id: int) -> str:
         return f"row:{row_id}"
@@ -236,8 +263,9 @@ async def seed_rows(redis: Redis) -> None:
 async def compute_kv(src: Source, id: int) -> Any:
     fields = await src.redis.hgetall(Source.row(id))
     if src.delay and (src.delayed is None or id in src.delayed):
+        await src.redis.incr(Source.HELD)
         await asyncio.sleep(src.delay)  # the row is read: a write landing now makes this result stale
-    return MISSING if not fields else render(id, fields)
+    return MISSING if not fields else render(id, cast("dict[bytes, bytes]", fields))
 
 
 async def enumerate_kv(src: Source) -> Iterable[Params]:

@@ -9,6 +9,7 @@ import pytest
 from redis.asyncio import Redis
 
 from freshviews.core.keys import Keys
+from freshviews.core.views import Registry
 from freshviews.publish.publisher import Publisher
 from freshviews.worker.service import Subscriber
 from freshviews.worker.settings import SubscriberSettings
@@ -25,11 +26,20 @@ def world() -> World:
 def make_subscriber(redis: Redis, redis_url: str, keys: Keys, world: World) -> MakeSubscriber:
     """Build a Subscriber on the test Redis for ``world``, in burst-friendly settings; overrides by keyword."""
 
-    def make(*, consumer: str = "c1", client: Redis | None = None, ctx: World | None = None, **overrides: Any):
+    def make(
+        *,
+        consumer: str = "c1",
+        client: Redis | None = None,
+        ctx: World | None = None,
+        views: Registry[World] = registry,
+        **overrides: Any,
+    ) -> Subscriber[World]:
         options: dict[str, Any] = {
             "redis_url": redis_url,
             "consumer": consumer,
             "sweep_interval": 0,
+            # The sampler recomputes keys on its own; its tests turn it on.
+            "sample_rate": 0,
             "metrics_port": 0,
             "reclaim_idle_ms": 100,
             "retry_backoff": 0.01,
@@ -37,9 +47,7 @@ def make_subscriber(redis: Redis, redis_url: str, keys: Keys, world: World) -> M
             **overrides,
         }
         settings = SubscriberSettings(**options)
-        return Subscriber(
-            redis=client or redis, registry=registry, ctx=world if ctx is None else ctx, settings=settings
-        )
+        return Subscriber(redis=client or redis, registry=views, ctx=world if ctx is None else ctx, settings=settings)
 
     return make
 

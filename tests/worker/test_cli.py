@@ -98,7 +98,7 @@ def test_sweep_once_and_run_burst(cli: Cli, redis_url: str) -> None:
     result = json.loads(first.stdout)
     assert (result["keys"], result["repaired"], result["unchanged"], result["reason"]) == (8, 8, 0, "once")
     with SyncRedis.from_url(redis_url) as redis:
-        assert json.loads(redis.hget(keys.value("item/1"), DATA))["name"] == "item 1"  # type: ignore[arg-type]
+        assert json.loads(redis.hget(keys.value("item/1"), DATA))["name"] == "item 1"
 
         again = json.loads(cli("sweep", "--views", VIEWS).stdout)
         assert (again["repaired"], again["unchanged"]) == (0, 8)

@@ -54,7 +54,7 @@ async def _burst(publisher: Publisher, world: World, count: int = 1000) -> None:
     assert len(await publisher.publish_many(changes)) == count
 
 
-async def _warm(sub: Subscriber, world: World) -> None:
+async def _warm(sub: Subscriber[World], world: World) -> None:
     await sub.start()
     assert set(world.computes) == world.view_keys()
     world.computes.clear()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from redis.asyncio import Redis
@@ -54,7 +54,7 @@ def reader(redis_url: str, redis: Redis) -> MakeReader:
 
 
 async def _add(redis: Redis, count: int) -> list[bytes]:
-    return [await redis.xadd(STREAM, {"n": str(n)}) for n in range(count)]
+    return [cast(bytes, await redis.xadd(STREAM, {"n": str(n)})) for n in range(count)]
 
 
 async def _groups(redis: Redis) -> list[bytes]:

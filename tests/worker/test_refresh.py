@@ -105,7 +105,7 @@ async def test_the_running_subscriber_serves_requests_and_survives_a_lost_group(
         await asyncio.wait_for(task, 10)
 
 
-async def _handled(redis: Redis, keys: Keys, entry_id: bytes) -> bool:
+async def _handled(redis: Redis, keys: Keys, entry_id: bytes | str) -> bool:
     """Whether the group has read ``entry_id`` and acknowledged everything it read."""
     try:
         (group,) = await redis.xinfo_groups(keys.refresh)

@@ -9,6 +9,7 @@ import itertools
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from typing import cast
 
 import pytest
 from redis.asyncio import Redis
@@ -42,8 +43,7 @@ async def _name(redis: Redis, keys: Keys, item_id: int) -> str | None:
 
 
 async def _last_sweep(redis: Redis, keys: Keys) -> bytes | None:
-    reason: bytes | None = await redis.hget(keys.sweep, "reason")
-    return reason
+    return cast("bytes | None", await redis.hget(keys.sweep, "reason"))
 
 
 def _messages(caplog: pytest.LogCaptureFixture, text: str) -> list[str]:
@@ -130,7 +130,7 @@ async def test_a_redis_error_in_a_loop_is_retried_with_backoff(
         RedisTimeoutError("Timeout reading from socket"),
     ]
     calls: list[float] = []
-    sub.consumer.update_gauges = _fail_first(errors, sub.consumer.update_gauges, calls)  # type: ignore[method-assign]
+    sub.consumer.update_gauges = _fail_first(errors, sub.consumer.update_gauges, calls)  # type: ignore[method-assign,assignment]
     before = sample("freshviews_subscriber_redis_errors_total", {"loop": "reclaim"})
     delays = [REDIS_RETRY_FIRST * 2**n for n in range(len(errors))]  # 0.1, 0.2, 0.4: doubling
     with caplog.at_level(logging.WARNING, logger=SERVICE_LOG):
@@ -154,7 +154,7 @@ async def test_a_refusal_from_redis_ends_run_with_a_configuration_error(
     sub = make_subscriber(reclaim_interval=0.05)
     await sub.start()
     refusal = ResponseError("NOPERM this user has no permissions to run the 'xinfo|groups' command")
-    sub.consumer.update_gauges = _fail_first([refusal], sub.consumer.update_gauges, [])  # type: ignore[method-assign]
+    sub.consumer.update_gauges = _fail_first([refusal], sub.consumer.update_gauges, [])  # type: ignore[method-assign,assignment]
     with pytest.raises(RedisConfigError, match="lacks a permission"):
         await asyncio.wait_for(sub.run(), timeout=MARGIN)  # the reclaim loop's first step refuses at once
 
@@ -219,7 +219,12 @@ async def test_a_lost_change_group_is_recreated_and_swept(
             timeout=block_s + MARGIN,
             message="not swept after the group was lost",
         )
-        assert await _last_sweep(redis, keys) == b"recover"
+
+        async def recorded() -> bool:
+            return await _last_sweep(redis, keys) == b"recover"
+
+        # The sweep's record is written after its last chunk (and that chunk's pacing), just after the value.
+        await wait_until(recorded, timeout=MARGIN, message="the recovery sweep was not recorded")
         assert [g["name"] for g in await redis.xinfo_groups(keys.changes)] == [b"subscribers"]
         # The reclaim loop found nothing to claim in the lost group: no Redis error, no backoff.
         assert sample("freshviews_subscriber_redis_errors_total", {"loop": "reclaim"}) == reclaim_errors

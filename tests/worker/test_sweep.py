@@ -110,14 +110,14 @@ async def test_only_one_subscriber_sweeps_at_a_time(
     redis: Redis, keys: Keys, world: World, make_subscriber: MakeSubscriber
 ) -> None:
     first, second = make_subscriber(consumer="first"), make_subscriber(consumer="second")
-    assert await first.sweeper.try_lock(60)
+    assert await first.sweeper.lease.acquire()
     world.computes.clear()
     assert await second.sweep("timer") is None
     assert sum(world.computes.values()) == 0
     assert await redis.get(keys.sweep_lock) == b"first"  # the loser did not release the winner's lock
-    assert 0 < await redis.pttl(keys.sweep_lock) <= 60_000
+    assert 0 < await redis.pttl(keys.sweep_lock) <= 5_000  # the default lease
 
-    await first.sweeper.unlock()
+    assert await first.sweeper.lease.release()
     result = await second.sweep("timer")
     assert result is not None
     assert result.keys == len(world.view_keys())
@@ -128,12 +128,27 @@ async def test_start_warms_an_empty_cache(
     redis: Redis, keys: Keys, world: World, make_subscriber: MakeSubscriber
 ) -> None:
     sub = make_subscriber()
+    assert not await redis.exists(keys.warm)
     await sub.start()
     assert world.computes == dict.fromkeys(world.view_keys(), 1)
     for key in world.view_keys():
         assert DATA in await cached(redis, keys, key), key
     groups = await redis.xinfo_groups(keys.changes)
     assert [g["name"] for g in groups] == [b"subscribers"]
+    # The readiness signal the read side and `check` report.
+    assert await redis.exists(keys.warm)
+
+
+async def test_a_sweep_interrupted_by_shutdown_leaves_the_cache_warming(
+    redis: Redis, keys: Keys, world: World, make_subscriber: MakeSubscriber
+) -> None:
+    sub = make_subscriber()
+    await sub.store.tickets(["item/1"])  # connect; nothing cached yet
+    result = await sub.sweeper.sweep("warm", should_stop=lambda: True)
+    assert result.interrupted
+    assert not await redis.exists(keys.warm)
+    assert (await sub.sweeper.sweep("warm")).interrupted is False
+    assert await redis.exists(keys.warm)
 
 
 async def test_start_does_not_sweep_a_cache_that_has_values(
@@ -145,6 +160,8 @@ async def test_start_does_not_sweep_a_cache_that_has_values(
     await sub.start()
     assert sum(world.computes.values()) == 0
     assert sorted(await sub.store.cached_view_keys()) == ["item/1"]
+    # Values in Redis: filled by an earlier run, so the cache counts as warm.
+    assert await redis.exists(keys.warm)
     # A second start with a warm cache does not sweep either, and the existing group is kept.
     await make_subscriber(consumer="other").start()
     assert sum(world.computes.values()) == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -12,11 +13,14 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from freshviews.core.connections import check_redis, create_redis, redis_url, where
+from freshviews.core.keys import Keys
 from freshviews.core.settings import load
 from freshviews.outbox import capturing
 from freshviews.scoreboard.dashboard import dashboard_router
@@ -27,7 +31,7 @@ from freshviews.scoreboard.seed import ensure_seeded
 from freshviews.scoreboard.settings import AppSettings
 from freshviews.scoreboard.views import registry
 from freshviews.scoreboard.writes import write_router
-from freshviews.serving import Serving, mount
+from freshviews.serving import CacheUnavailableError, Serving, mount
 
 logger = logging.getLogger(__name__)
 
@@ -92,17 +96,50 @@ def create_app(settings: AppSettings | None = None) -> FastAPI:
             **await request.state.serving.health(),
         }
         healthy = all(value == "ok" for value in checks.values())
+        # What the subscriber measured, for operators and the dashboard: never a reason to fail the check.
+        sampler = await _sampler(request.state.redis, request.state.keys) if checks.get("redis") == "ok" else None
+        details = {"sampler": sampler}
         return JSONResponse(
-            {"status": "ok" if healthy else "unavailable", **checks},
+            {"status": "ok" if healthy else "unavailable", **checks, "details": details},
             status_code=200 if healthy else 503,
             headers={"Cache-Control": "no-store"},
         )
+
+    @app.get("/readyz", tags=["ops"])
+    async def readyz(request: Request) -> JSONResponse:
+        """200 once the cache is warm; 503 while the subscriber still fills it (or Redis is away)."""
+        try:
+            warm = await request.state.serving.ready()
+        except CacheUnavailableError as exc:
+            return _not_ready(f"cache unavailable: {exc.__cause__ or exc}")
+        if not warm:
+            return _not_ready("the cache is warming: a subscriber has not finished filling it")
+        return JSONResponse({"status": "ready"}, headers={"Cache-Control": "no-store"})
 
     @app.get("/metrics", tags=["ops"])
     async def metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+def _not_ready(reason: str) -> JSONResponse:
+    return JSONResponse(
+        {"status": "warming", "reason": reason[:300]},
+        status_code=503,
+        headers={"Cache-Control": "no-store", "Retry-After": "1"},
+    )
+
+
+async def _sampler(redis: Redis, keys: Keys) -> dict[str, Any] | None:
+    """The subscriber's consistency sampler summary (``freshviews.worker.sampler``), None if none or unreadable."""
+    try:
+        async with asyncio.timeout(HEALTH_TIMEOUT):
+            raw = await redis.get(keys.sampler)
+        summary = json.loads(raw) if raw is not None else None
+    except (RedisError, OSError, TimeoutError, ValueError):
+        return None  # the Redis checks above report Redis itself
+    return summary if isinstance(summary, dict) else None
 
 
 async def _check(probe: Awaitable[Any], errors: type[Exception]) -> str:

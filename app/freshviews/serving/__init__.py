@@ -16,8 +16,17 @@ values; :func:`serve` runs the app on the listening socket the event streams nee
 
 from freshviews.serving.listen import serve
 from freshviews.serving.routes import cache_router, mount
-from freshviews.serving.runtime import Serving, get_serving
+from freshviews.serving.runtime import CacheUnavailableError, Serving, get_serving
 from freshviews.serving.settings import ServingSettings
 from freshviews.serving.snapshots import Snapshot
 
-__all__ = ["Serving", "ServingSettings", "Snapshot", "cache_router", "get_serving", "mount", "serve"]
+__all__ = [
+    "CacheUnavailableError",
+    "Serving",
+    "ServingSettings",
+    "Snapshot",
+    "cache_router",
+    "get_serving",
+    "mount",
+    "serve",
+]

@@ -14,6 +14,7 @@ from typing import Any
 from fastapi.responses import JSONResponse, Response
 
 from freshviews.core.views import View, ViewKey
+from freshviews.serving.failures import Failure
 from freshviews.serving.snapshots import Snapshot
 
 
@@ -25,7 +26,15 @@ def etag_of(version: int) -> str:
     return f'"{version}"'
 
 
+#: An If-None-Match longer than this, or naming more tags, is ignored (answered as if absent): no client needs
+#: more to revalidate one view, and splitting and comparing a huge list on every read is work for nothing.
+IF_NONE_MATCH_MAX_BYTES = 2048
+IF_NONE_MATCH_MAX_TAGS = 32
+
+
 def etag_matches(if_none_match: str, etag: str) -> bool:
+    if len(if_none_match) > IF_NONE_MATCH_MAX_BYTES or if_none_match.count(",") >= IF_NONE_MATCH_MAX_TAGS:
+        return False
     tags = [t.strip() for t in if_none_match.split(",")]
     # A weak validator compares equal to the strong one for If-None-Match (RFC 9110 §13.1.2).
     return "*" in tags or etag in tags or f"W/{etag}" in tags
@@ -44,11 +53,29 @@ def not_modified(version: int, view: View[Any]) -> Response:
     return Response(status_code=304, headers={"ETag": etag_of(version), "Cache-Control": cache_control_of(view)})
 
 
-def answer_of(key: ViewKey, snapshot: Snapshot | None, if_none_match: str | None, *, retry_after: int) -> Response:
+def failing(view_key: str, failure: Failure) -> str:
+    """The reason given for a key whose recompute keeps failing."""
+    return (
+        f"{view_key!r} is not cached: its recompute fails ({failure.reason}); {failure.attempts} failed "
+        f"attempt{'s' if failure.attempts != 1 else ''}, the next in {failure.retry_after}s"
+    )
+
+
+def answer_of(
+    key: ViewKey,
+    snapshot: Snapshot | None,
+    if_none_match: str | None,
+    *,
+    retry_after: int,
+    failure: Failure | None = None,
+) -> Response:
     """The answer to ``GET /cache/{key}`` once the read found ``snapshot``: the stored bytes with their ETag and
     the view's Cache-Control, 304 when If-None-Match names that version, 404 for a deleted view, and 503 with
-    ``retry_after`` for a key not cached yet (it was requested)."""
+    ``retry_after`` for a key not cached yet (it was requested), or with the remaining backoff of a ``failure``
+    (its recompute fails: nothing was requested)."""
     if snapshot is None:
+        if failure is not None:
+            return error(503, failing(key.key, failure), retry_after=failure.retry_after)
         return error(503, f"{key.key!r} is not cached yet; it was requested", retry_after=retry_after)
     if snapshot.data is None:
         return error(404, f"{key.key!r} no longer exists")
@@ -67,9 +94,11 @@ def item_error(status: int, detail: str) -> bytes:
     return json.dumps({"status": status, "detail": detail}).encode()
 
 
-def item_of(view_key: str, snapshot: Snapshot | None) -> bytes:
+def item_of(view_key: str, snapshot: Snapshot | None, failure: Failure | None = None) -> bytes:
     """One key's answer inside the batch's answer, with the stored bytes embedded as they are."""
     if snapshot is None:
+        if failure is not None:
+            return item_error(503, failing(view_key, failure))
         return item_error(503, f"{view_key!r} is not cached yet; it was requested")
     if snapshot.data is None:
         return item_error(404, f"{view_key!r} no longer exists")

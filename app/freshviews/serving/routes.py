@@ -185,7 +185,9 @@ def cache_router(registry: Registry[Any], *, prefix: str = "/cache") -> APIRoute
         except TooManyMissesError as exc:
             return error(503, f"some keys are not cached yet and {exc}", retry_after=retry_after)
         for (text, parsed), snapshot in zip(valid.items(), snapshots, strict=True):
-            items[text] = item_of(parsed.key, snapshot)
+            items[text] = item_of(
+                parsed.key, snapshot, serving.refresher.failure(parsed.key) if snapshot is None else None
+            )
         # The shortest max-age of the views asked for: no key is served staler than its own view allows.
         max_age = min((parsed.view.max_age for parsed in valid.values()), default=0)
         return batch_of(items, requested, max_age=max_age)

@@ -226,7 +226,8 @@ class Serving:
             return error(503, f"{key.key!r} is not cached yet and {exc}", retry_after=retry_after)
         except VersionNotReachedError as exc:
             return error(503, str(exc), retry_after=retry_after)
-        return answer_of(key, snapshot, if_none_match, retry_after=retry_after)
+        failure = self.refresher.failure(key.key) if snapshot is None else None
+        return answer_of(key, snapshot, if_none_match, retry_after=retry_after, failure=failure)
 
     async def health(self) -> dict[str, str]:
         """``{"redis": ..., "updates": ...}``, each ``ok`` or ``error: <why>``: a keyed read through the read
@@ -241,6 +242,13 @@ class Serving:
             redis = f"error: {exc}: {cause}"[:300] if cause is not None and str(cause) else f"error: {exc}"
             logger.warning("health check failed: %s", redis)
         return {"redis": redis, "updates": self.hub.health()}
+
+    async def ready(self) -> bool:
+        """Whether the cache is warm: a subscriber filled it (a complete sweep, or it found it filled) since Redis
+        last lost its data. Until then reads of keys not computed yet take the miss path; raises
+        :class:`CacheUnavailableError` when Redis does not answer within the read deadline."""
+        async with self.deadline():
+            return bool(await self.redis.exists(self.keys.warm))
 
     async def _read_redis(self, view_keys: Sequence[str]) -> list[Snapshot | None]:
         async with self.deadline():

@@ -18,6 +18,12 @@ class ServingSettings(RedisSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
 
+    #: Deadlines of ``freshviews serve`` on reading a request (serving/protocol.py), seconds: its head (from the
+    #: connection, or the request's first byte) and its body (from the head's end); 408 and closed past them.
+    request_head_timeout: float = Field(default=5.0, gt=0, le=300)
+    request_body_timeout: float = Field(default=10.0, gt=0, le=3600)
+    #: A request head (request line and headers) over this many bytes is refused with 431.
+    request_head_max_bytes: int = Field(default=16_384, ge=1024, le=1_048_576)
     #: The longest one read waits on Redis before answering 503 (a dead or frozen Redis must not hang readers).
     cache_redis_timeout: float = Field(default=0.5, gt=0, le=30)
     #: Redis calls the read routes make at once in this process; more wait (within cache_redis_timeout) rather

@@ -8,10 +8,21 @@ Layout (``<p>`` is the configurable prefix, ``fv`` by default)::
                                          (consumer group of subscribers, the same group name as the change log)
     <p>:updates                 channel  update notifications "<version> <view key>" after each cache write
     <p>:v:{<view key>}          hash     one cached view: d=JSON bytes, v=version (ETag), h=digest,
-                                         f=fence (the ticket of the newest recompute applied)
+                                         f=fence (the ticket of the newest recompute applied), n=1 on a
+                                         negative entry (a key that never held a value, short-lived)
+    <p>:fail:{<view key>}       hash     a key whose recompute for readers keeps failing: a=attempts, r=when the next
+                                         may run (ms, Redis clock), e=the reason; with a TTL (backoff + its max)
     <p>:hb:<consumer>           string   subscriber liveness heartbeat (JSON, with a TTL), read by `freshviews check`
+    <p>:misses                  zset     the keys whose "not found" is kept as a short-lived negative entry (a
+                                         tombstone marked n=1), by when; capped, the oldest evicted with their entry
     <p>:sweep                   hash     last sweep's outcome (for /healthz and operators)
-    <p>:sweep:lock              string   held by the one subscriber sweeping now (several may run)
+    <p>:sweep:lock              string   the lease of the one subscriber sweeping now (value: its consumer name;
+                                         a short TTL renewed while it sweeps)
+    <p>:warm                    string   set once the cache is filled (a sweep completed, or a subscriber found
+                                         it warm); gone when Redis loses its data: the readiness signal
+    <p>:sampler                 string   the consistency sampler's summary (JSON: per view samples, results,
+                                         nines), read by `freshviews check`, /healthz and the dashboard; with
+                                         several subscribers, the one that published last (it names itself)
     <p>:pglog:<slot>            string   the PostgreSQL log source's status (JSON with a TTL: slot lag), for `check`
 
 Each cached view is one hash, so every script touches exactly one key: safe for Redis Cluster, where the
@@ -50,6 +61,10 @@ class Keys:
         return f"{self.prefix}:updates"
 
     @property
+    def misses(self) -> str:
+        return f"{self.prefix}:misses"
+
+    @property
     def sweep(self) -> str:
         return f"{self.prefix}:sweep"
 
@@ -59,6 +74,14 @@ class Keys:
 
     def pglog(self, slot: str) -> str:
         return f"{self.prefix}:pglog:{slot}"
+
+    @property
+    def warm(self) -> str:
+        return f"{self.prefix}:warm"
+
+    @property
+    def sampler(self) -> str:
+        return f"{self.prefix}:sampler"
 
     @property
     def value_pattern(self) -> str:
@@ -77,6 +100,10 @@ class Keys:
             raise ValueError(f"{text!r} is not a cached view key")
         return text[len(head) : -1]
 
+    def failure(self, view_key: str) -> str:
+        """The failure state of one view key (its backoff), in the same hash slot as :meth:`value`."""
+        return f"{self.prefix}:fail:{{{view_key}}}"
+
     def heartbeat(self, consumer: str) -> str:
         return f"{self.prefix}:hb:{consumer}"
 
@@ -91,6 +118,13 @@ DATA = b"d"
 VERSION = b"v"
 DIGEST = b"h"
 FENCE = b"f"
+#: Marks a negative entry: the "not found" of a key that never held a value, kept briefly (a real deletion's
+#: tombstone has no such field and lasts the tombstone TTL).
+NEGATIVE = b"n"
+# Fields of a key's failure state (Keys.failure), written by the subscriber, read by the read side.
+FAILURE_ATTEMPTS = b"a"
+FAILURE_RETRY_AT = b"r"
+FAILURE_REASON = b"e"
 #: The field of a refresh request naming the view key a reader found missing.
 REFRESH_KEY = b"key"
 #: The digest stored for a deleted view (a tombstone keeps its version so a stale recompute cannot resurrect it).

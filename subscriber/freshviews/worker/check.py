@@ -3,10 +3,14 @@
 Every subscriber refreshes a heartbeat key with a TTL (``<p>:hb:<consumer>``, written by the heartbeat loop of
 :mod:`freshviews.worker.service`) and every sweep records its outcome (``<p>:sweep``). This reads both, the way
 arq's ``--check`` reads its health key, so a container or a supervisor can probe liveness without a port. A
-subscriber is alive while its heartbeat is younger than ``heartbeat_ttl``; the sweep is late once more than twice
-its interval (plus the time one sweep may take) passed since the last one finished, or since the oldest live
-subscriber started when none finished yet. A subscriber that relays an outbox also reports its depth and the age
-of its oldest change: one waiting longer than ``OUTBOX_LATE`` means changes are not reaching the log. With
+subscriber is alive while its heartbeat is younger than ``heartbeat_ttl``; the cache is "warm" once a subscriber
+filled it (``<p>:warm``), "warming" before (a detail, not a failure: readers are served by the miss path); the
+sweep is late once more than twice its interval (plus the time one sweep may take) passed since the last one
+finished, or since the oldest live subscriber started when none finished yet. A subscriber that relays an outbox
+also reports its depth and the age of its oldest change: one waiting longer than ``OUTBOX_LATE`` means changes are
+not reaching the log. The consistency sampler's summary (``<p>:sampler``: per view, samples, results and nines)
+is shown as it is: an unexplained mismatch was repaired when it was found, so it names a view whose dependencies
+to fix rather than a subscriber that is down. With
 ``FRESHVIEWS_PGLOG_URL`` it reports the replication slot's lag: the bytes of WAL it holds, from the database
 itself (so a log source that is down is visible), and the seconds its oldest unappended transaction has waited,
 from the source's status; it fails past ``FRESHVIEWS_PGLOG_LATE_BYTES`` / ``_LATE_SECONDS``, when the slot is
@@ -61,6 +65,16 @@ async def heartbeats(redis: Redis, settings: SubscriberSettings) -> list[dict[st
     return sorted(beats, key=lambda beat: str(beat.get("consumer")))
 
 
+async def sampler_summary(redis: Redis, settings: SubscriberSettings) -> dict[str, Any] | None:
+    """The consistency sampler's last summary (see :mod:`freshviews.worker.sampler`), None if it never ran."""
+    raw = await redis.get(settings.keys.sampler)
+    try:
+        summary = json.loads(raw) if raw is not None else None
+    except ValueError:
+        return None
+    return summary if isinstance(summary, dict) else None
+
+
 async def check(redis: Redis, settings: SubscriberSettings, *, consumer: str | None = None) -> Health:
     """The subscribers' health as ``freshviews check`` reports it."""
     now = time.time()
@@ -73,6 +87,7 @@ async def check(redis: Redis, settings: SubscriberSettings, *, consumer: str | N
     if not alive:
         who = f"subscriber {consumer!r}" if consumer else f"subscriber of group {settings.group!r}"
         health.problems.append(f"no {who} has a heartbeat younger than {settings.heartbeat_ttl}s")
+    health.details["cache"] = "warm" if await redis.exists(settings.keys.warm) else "warming"
     record = await redis.hgetall(settings.keys.sweep)
     sweep = {_text(k): _text(v) for k, v in record.items()}
     health.details["last_sweep"] = sweep or None
@@ -97,6 +112,7 @@ async def check(redis: Redis, settings: SubscriberSettings, *, consumer: str | N
         errors = [str(o["error"]) for o in outboxes if "error" in o]
         if errors and len(errors) == len(outboxes):
             health.problems.append(f"the outbox cannot be read: {errors[0]}")
+    health.details["sampler"] = await sampler_summary(redis, settings)
     if settings.pglog_url:
         await _pglog(redis, settings, health, now)
     health.details["status"] = "ok" if not health.problems else "failing"

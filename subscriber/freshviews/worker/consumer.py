@@ -60,7 +60,8 @@ class ChangeConsumer(Generic[Ctx]):
     """This process's consumer of the change log's group: reads, applies and acknowledges batches of changes.
 
     ``on_group_lost`` is called when Redis says the group is gone, before it is recreated: the changes the lost
-    group had not delivered are unknown, so the subscriber sweeps.
+    group had not delivered are unknown, so the subscriber sweeps. ``on_changes`` is called with a batch's changes
+    once it is applied (the sampler prefers the views they touch).
     """
 
     def __init__(
@@ -72,8 +73,10 @@ class ChangeConsumer(Generic[Ctx]):
         recomputer: Recomputer[Ctx],
         settings: SubscriberSettings,
         on_group_lost: Callable[[], None] | None = None,
+        on_changes: Callable[[Sequence[Change]], None] | None = None,
     ) -> None:
         self._redis = redis
+        self._on_changes = on_changes
         self._keys = settings.keys
         self._registry = registry
         self._ctx = ctx
@@ -193,6 +196,8 @@ class ChangeConsumer(Generic[Ctx]):
             good.append(entry)
             metrics.COMMIT_TO_CACHE.observe(max(0.0, now_ms - change.committed_ms) / 1000)
         await self._settle(good, dead)
+        if self._on_changes is not None and batch:
+            self._on_changes([change for _, change in batch])
         outcome.acked = len(good) + len(dead)
         outcome.dead_lettered = len(dead)
         return outcome

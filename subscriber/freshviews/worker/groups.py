@@ -138,6 +138,29 @@ class GroupReader:
             return None  # no stream yet
         return next((g for g in groups if g["name"] in (self.group, self.group.encode())), None)
 
+    async def tail(self) -> bytes:
+        """The id of the newest entry ever added to the stream (``0-0`` before the first)."""
+        try:
+            info = await self._redis.xinfo_stream(self.stream)
+        except ResponseError:
+            return b"0-0"  # no stream yet
+        return bytes(info["last-generated-id"])
+
+    async def applied(self) -> tuple[int, int]:
+        """The id (as :func:`stream_id` parses it) up to which this group has delivered and acknowledged every
+        entry: its position, or just below the oldest entry still pending; ``(0, 0)`` without a group."""
+        group = await self.info()
+        if group is None:
+            return (0, 0)
+        position = stream_id(group["last-delivered-id"])
+        if not group["pending"]:
+            return position
+        oldest = (await self._redis.xpending(self.stream, self.group)).get("min")
+        if oldest is None:
+            return position
+        ms, seq = stream_id(oldest)
+        return min(position, (ms, seq - 1) if seq else (ms - 1, 2**64 - 1))
+
     async def trimmed_gap(self, *, reported: bytes | None = None) -> bytes | None:
         """The oldest entry id kept if the stream lost entries this group never read, else None.
 
@@ -158,10 +181,10 @@ class GroupReader:
         first = info.get("first-entry")
         if group is None or not first:
             return None
-        position = _stream_id(group["last-delivered-id"])
-        if position == (0, 0) or _stream_id(first[0]) <= position:
+        position = stream_id(group["last-delivered-id"])
+        if position == (0, 0) or stream_id(first[0]) <= position:
             return None
-        if reported is not None and position < _stream_id(reported):
+        if reported is not None and position < stream_id(reported):
             return None
         added, read = info.get("entries-added"), group.get("entries-read")
         if added is not None and read is not None and int(added) - int(read) <= int(info["length"]):
@@ -192,7 +215,8 @@ class GroupReader:
         return batch
 
 
-def _stream_id(value: bytes | str) -> tuple[int, int]:
+def stream_id(value: bytes | str) -> tuple[int, int]:
+    """A stream entry id as a pair that compares in the stream's order."""
     text = value.decode() if isinstance(value, bytes) else value
     ms, _, seq = text.partition("-")
     return int(ms), int(seq or 0)

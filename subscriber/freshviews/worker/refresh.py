@@ -9,7 +9,8 @@ recompute the valid ones through the same fenced path as changes, and acknowledg
 Requests are hints, not changes: the stream is short (trimmed by the readers) and a request that is lost (a
 subscriber killed mid-batch) costs one reader a 503 and a retry, so requests are neither reclaimed from dead
 consumers nor dead-lettered. A bad key is dropped with a log line and a metric; a key that is already cached
-when the request is read (another subscriber, the sweep) is not recomputed again.
+when the request is read (another subscriber, the sweep) is not recomputed again, nor is a key whose recompute
+failed before and whose backoff has not ended (freshviews/worker/failures.py): readers are told it fails.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from redis.asyncio import Redis
 
 from freshviews.core.keys import REFRESH_KEY
 from freshviews.core.views import InvalidKeyError, Registry, UnknownViewError, ViewKey
+from freshviews.worker.failures import FailureBook
 from freshviews.worker.groups import Entry, GroupReader
 from freshviews.worker.recompute import Recomputer
 from freshviews.worker.settings import SubscriberSettings
@@ -35,7 +37,7 @@ Ctx = TypeVar("Ctx")
 
 REFRESH_REQUESTS = Counter(
     "freshviews_refresh_requests_total",
-    "Refresh requests read from readers that missed, by outcome (recomputed, cached, invalid, failed)",
+    "Refresh requests read from readers that missed, by outcome (recomputed, cached, invalid, failed, backing_off)",
     ["outcome"],
 )
 
@@ -47,6 +49,8 @@ class RefreshOutcome:
     cached: int = 0
     invalid: int = 0
     failed: int = 0
+    #: Keys skipped because their last recompute failed and their backoff has not ended.
+    backing_off: int = 0
 
     def add(self, other: RefreshOutcome) -> None:
         for counted in fields(self):
@@ -71,6 +75,9 @@ class RefreshConsumer(Generic[Ctx]):
         self._store = store
         self._recomputer = recomputer
         self.group = settings.group
+        self.failures = FailureBook(
+            redis, self._keys, backoff=settings.refresh_backoff, backoff_max=settings.refresh_backoff_max
+        )
         # A lost group is only recreated: readers whose requests went with it ask again.
         self.reader = GroupReader(redis, self._keys.refresh, settings)
 
@@ -101,15 +108,22 @@ class RefreshConsumer(Generic[Ctx]):
                 if digest is not None:
                     del wanted[name]
                     outcome.cached += 1
+            now_ms, known = await self.failures.states(list(wanted)) if wanted else (0, {})
+            for name, state in known.items():
+                if state.retry_at_ms > now_ms:
+                    del wanted[name]
+                    outcome.backing_off += 1
             result = await self._recomputer.run(wanted, trigger="refresh")
             outcome.recomputed = len(result.outcomes)
             outcome.failed = len(result.failures)
             for name, exc in result.failures.items():
-                # The reader gets a 503 and retries; the sweep fills the key if the failure lasts.
+                # The reader gets a 503 naming the failure, with the backoff as Retry-After; the sweep fills the
+                # key once the source recovers, if no reader asks again first.
                 logger.warning("refresh of %r failed: %s: %s", name, type(exc).__name__, exc)
+            await self.failures.settle(result.failures, list(result.outcomes), known)
         if entries:
             await self._redis.xack(self._keys.refresh, self.group, *[entry_id for entry_id, _ in entries])
-        for name in ("recomputed", "cached", "invalid", "failed"):
+        for name in ("recomputed", "cached", "invalid", "failed", "backing_off"):
             if count := getattr(outcome, name):
                 REFRESH_REQUESTS.labels(name).inc(count)
         return outcome

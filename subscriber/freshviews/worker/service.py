@@ -2,7 +2,8 @@
 
 Loops: consume (new changes), refresh (keys readers found missing, see :mod:`freshviews.worker.refresh`), reclaim
 (changes abandoned by dead consumers, plus stream gauges and trimmed-log detection), sweep (on a timer, and at once
-when Redis comes back empty), heartbeat, with an outbox the relay (:mod:`freshviews.worker.outbox`), and with
+when Redis comes back empty), heartbeat, sample (the consistency sampler, :mod:`freshviews.worker.sampler`, at
+``SUBSCRIBER_SAMPLE_RATE`` keys per second), with an outbox the relay (:mod:`freshviews.worker.outbox`), and with
 ``FRESHVIEWS_PGLOG_URL`` the PostgreSQL log source (:mod:`freshviews.worker.pglog`). They run in one
 :class:`asyncio.TaskGroup`.
 
@@ -29,9 +30,10 @@ from freshviews.core.connections import RedisConfigError, check_redis, config_pr
 from freshviews.core.views import Registry
 from freshviews.worker import metrics
 from freshviews.worker.consumer import MAX_COALESCE, BatchOutcome, ChangeConsumer
-from freshviews.worker.groups import Entry
+from freshviews.worker.groups import Entry, GroupReader
 from freshviews.worker.recompute import Recomputer
 from freshviews.worker.refresh import RefreshConsumer
+from freshviews.worker.sampler import Sampler
 from freshviews.worker.settings import SubscriberSettings
 from freshviews.worker.store import CacheStore
 from freshviews.worker.sweep import Sweeper, SweepResult
@@ -80,7 +82,13 @@ class Subscriber(Generic[Ctx]):
         self.log = log
         self._keys = settings.keys
         self._settings = settings
-        self.store = CacheStore(redis, self._keys, tombstone_ttl=settings.tombstone_ttl)
+        self.store = CacheStore(
+            redis,
+            self._keys,
+            tombstone_ttl=settings.tombstone_ttl,
+            negative_ttl=settings.negative_ttl,
+            negative_max=settings.negative_max,
+        )
         # Changes and readers' refresh requests share one bound on recomputes: both land on the same backend.
         recomputer = Recomputer(self.store, ctx, concurrency=settings.concurrency)
         self.consumer = ChangeConsumer(
@@ -90,6 +98,17 @@ class Subscriber(Generic[Ctx]):
             recomputer=recomputer,
             settings=settings,
             on_group_lost=lambda: self._request_sweep("recover"),
+            on_changes=lambda changes: self.sampler.on_changes(changes),
+        )
+        self.sampler = Sampler(
+            redis=redis,
+            registry=registry,
+            ctx=ctx,
+            store=self.store,
+            # Its own reader of the group's state: the consumer's holds this consumer's read position.
+            reader=GroupReader(redis, self._keys.changes, settings),
+            settings=settings,
+            relay=relay,
         )
         self.refresher = RefreshConsumer(
             redis=redis, registry=registry, store=self.store, recomputer=recomputer, settings=settings
@@ -158,21 +177,27 @@ class Subscriber(Generic[Ctx]):
         await self.consumer.reader.ensure()
         await self.refresher.reader.ensure()
         empty = await self.store.is_empty()
-        if empty and warm:
+        if not empty:
+            # Values in Redis: filled by an earlier run (whose marker a Redis restart from its AOF keeps anyway).
+            await self._redis.set(self._keys.warm, str(time.time()), nx=True)
+        elif warm:
             await self.sweep("warm")
         return empty
 
     async def sweep(self, reason: str, *, lock: bool = True) -> SweepResult | None:
-        """One repair pass (see :mod:`freshviews.worker.sweep`); None when another subscriber holds the lock."""
-        lock_ttl = max(self._settings.sweep_interval, 60.0)
-        if lock and not await self.sweeper.try_lock(lock_ttl):
+        """One repair pass (see :mod:`freshviews.worker.sweep`); None when another subscriber holds the lock.
+
+        The lock is a short lease renewed while the pass runs (:mod:`freshviews.worker.lease`); a pass whose
+        lease was lost stops at its next chunk, with ``lock_lost`` set.
+        """
+        if not lock:
+            return await self.sweeper.sweep(reason, should_stop=self._stop.is_set)
+        lease = self.sweeper.lease
+        if not await lease.acquire():
             logger.info("another subscriber is sweeping; skipping this %s sweep", reason)
             return None
-        try:
-            return await self.sweeper.sweep(reason, should_stop=self._stop.is_set)
-        finally:
-            if lock:
-                await self.sweeper.unlock()
+        async with lease.held() as lost:
+            return await self.sweeper.sweep(reason, should_stop=self._stop.is_set, lost=lost.is_set)
 
     async def process(self, entries: list[Entry]) -> BatchOutcome:
         """Apply one batch of changes read from the log and acknowledge it."""
@@ -196,6 +221,8 @@ class Subscriber(Generic[Ctx]):
             "sweep": self._sweep_step,
             "heartbeat": self._heartbeat_step,
         }
+        if self._settings.sample_rate > 0:
+            loops["sample"] = self._sample_step
         try:
             # The grace deadline, once stop() arms it, cancels the task group and with it every loop still busy.
             async with asyncio.timeout(None) as self._grace:
@@ -263,6 +290,7 @@ class Subscriber(Generic[Ctx]):
             await self.process(reclaimed)
         await self.consumer.update_gauges()
         await self._check_gap()
+        metrics.RECLAIM_ROUNDS.inc()
         await self._sleep(self._settings.reclaim_interval)
 
     async def _check_gap(self) -> None:
@@ -284,7 +312,7 @@ class Subscriber(Generic[Ctx]):
         reason = self._sweep_reason if self._sweep_now.is_set() else "timer"
         self._sweep_now.clear()
         try:
-            await self.sweep(reason)
+            result = await self.sweep(reason)
         except RedisError:
             self._request_sweep(reason)  # still owed: swept once the loop's backoff lets Redis come back
             raise
@@ -298,6 +326,15 @@ class Subscriber(Generic[Ctx]):
             await self._sleep(self._source_delay)
         else:
             self._source_delay = SOURCE_RETRY_FIRST / 2
+            if result is not None and result.lock_lost:
+                self._request_sweep(reason)  # still owed; skipped at once if another subscriber sweeps now
+
+    async def _sample_step(self) -> None:
+        started = time.monotonic()
+        if not await self.sampler.step():
+            await self._sleep(1.0)  # nothing cached yet (the warm-up is filling it), or a backlog to judge first
+        # Paced by the start of each sample, so that a slow compute does not add its own time to the interval.
+        await self._sleep(max(0.0, 1 / self._settings.sample_rate - (time.monotonic() - started)))
 
     async def _heartbeat_step(self) -> None:
         ttl = self._settings.heartbeat_ttl

@@ -38,17 +38,32 @@ class SubscriberSettings(RedisSettings, PglogSettings):
     #: Recomputes running at once during a sweep, and the most keys it recomputes per second.
     sweep_concurrency: int = Field(default=2, ge=1, le=64)
     sweep_rate: float = Field(default=1000.0, gt=0)
+    #: Seconds the sweep lock lasts unless renewed (every third of it while a sweep runs): how long a lock can
+    #: outlive a sweep that died, e.g. with Redis restarted from its append-only file.
+    sweep_lock_ttl: float = Field(default=5.0, ge=0.1, le=300)
+    #: Keys per second the consistency sampler recomputes and compares with the cache (0 turns it off). Each
+    #: sample costs one compute; 10/s is a few statements per second on the scoreboard (tests/bench/sampler.py).
+    sample_rate: float = Field(default=10.0, ge=0, le=10_000)
     #: A change pending this long on a consumer is presumed abandoned and reclaimed.
     reclaim_idle_ms: int = Field(default=30_000, ge=100)
     reclaim_interval: float = Field(default=5.0, gt=0)
     #: Attempts at a failing recompute before its changes go to the dead-letter stream.
     max_attempts: int = Field(default=3, ge=1, le=100)
     retry_backoff: float = Field(default=0.1, ge=0)
+    #: A key whose recompute for readers fails is not tried again for this long, doubled on each failure in a
+    #: row up to ``refresh_backoff_max`` seconds; readers meanwhile get 503 with the remaining time as Retry-After.
+    refresh_backoff: float = Field(default=1.0, gt=0, le=3600)
+    refresh_backoff_max: float = Field(default=60.0, gt=0, le=86_400)
     #: A change delivered this many times without being acknowledged is dead-lettered (a crash loop guard).
     max_deliveries: int = Field(default=5, ge=1)
     dead_letter_maxlen: int = Field(default=10_000, ge=1)
     #: How long a deleted view's tombstone (and its version fence) is kept, seconds.
     tombstone_ttl: int = Field(default=86_400, ge=1)
+    #: How long a "not found" for a key that never held a value is kept, seconds: a never-existing key readers
+    #: ask for costs at most one recompute per key per this long.
+    negative_ttl: int = Field(default=60, ge=1)
+    #: Most such negative entries kept at once (the oldest are evicted first): bounds their Redis memory.
+    negative_max: int = Field(default=10_000, ge=1)
     heartbeat_ttl: int = Field(default=15, ge=2)
     #: Port of the Prometheus /metrics endpoint; 0 disables it.
     metrics_port: int = Field(default=9101, ge=0, le=65535)

@@ -21,10 +21,15 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from freshviews.core.keys import DIGEST, FENCE, TOMBSTONE, Keys
+from freshviews.core.keys import DIGEST, FENCE, TOMBSTONE, VERSION, Keys
 
-# KEYS[1]: the view's hash.  ARGV: ticket, digest ("-" for a tombstone), data, channel, view key, tombstone ttl.
-# Returns 1 written, 0 unchanged (the fence still advances), -1 fenced (a newer recompute already landed).
+# KEYS[1]: the view's hash.  ARGV: ticket, digest ("-" for a tombstone), data, channel, view key, tombstone ttl,
+# negative ttl. Returns 1 written, 2 written as a negative entry, 0 unchanged (the fence still advances), -1 fenced
+# (a newer recompute already landed).
+#
+# "Not found" for a key that never held a value is a negative entry: a tombstone marked 'n' that lasts only the
+# negative ttl. A real deletion (the key held a value) keeps the long tombstone, whose fence keeps an older
+# recompute from resurrecting the row (invariant 4); a negative entry fences nothing that ever was.
 _WRITE_LUA = """
 local fence = tonumber(redis.call('HGET', KEYS[1], 'f') or '0')
 if tonumber(ARGV[1]) <= fence then
@@ -35,17 +40,56 @@ if current == ARGV[2] then
   redis.call('HSET', KEYS[1], 'f', ARGV[1])
   return 0
 end
+local written = 1
 if ARGV[2] == '-' then
   redis.call('HDEL', KEYS[1], 'd')
   redis.call('HSET', KEYS[1], 'f', ARGV[1], 'v', ARGV[1], 'h', '-')
-  redis.call('EXPIRE', KEYS[1], tonumber(ARGV[6]))
+  if current == false then
+    redis.call('HSET', KEYS[1], 'n', '1')
+    redis.call('EXPIRE', KEYS[1], tonumber(ARGV[7]))
+    written = 2
+  else
+    redis.call('EXPIRE', KEYS[1], tonumber(ARGV[6]))
+  end
 else
   redis.call('HSET', KEYS[1], 'f', ARGV[1], 'v', ARGV[1], 'h', ARGV[2], 'd', ARGV[3])
+  redis.call('HDEL', KEYS[1], 'n')
   redis.call('PERSIST', KEYS[1])
 end
 redis.call('PUBLISH', ARGV[4], ARGV[1] .. ' ' .. ARGV[5])
-return 1
+return written
 """
+# KEYS[1]: the misses sorted set (view key -> ms it was recorded).  ARGV: now in ms, negative ttl in ms, cap, then
+# the view keys. Records the keys, drops the entries that expired on their own, and returns the oldest beyond the
+# cap: the caller deletes their negative entries, so that the total stays bounded whatever readers ask for.
+_RECORD_MISSES_LUA = """
+local now = tonumber(ARGV[1])
+for i = 4, #ARGV do
+  redis.call('ZADD', KEYS[1], now, ARGV[i])
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
+local over = redis.call('ZCARD', KEYS[1]) - tonumber(ARGV[3])
+if over > 0 then
+  local evicted = {}
+  local popped = redis.call('ZPOPMIN', KEYS[1], over)
+  for i = 1, #popped, 2 do
+    evicted[#evicted + 1] = popped[i]
+  end
+  return evicted
+end
+return {}
+"""
+# KEYS[1]: a view's hash. Delete it only while it is still a negative entry (a value may have landed since).
+_EVICT_NEGATIVE_LUA = """
+if redis.call('HGET', KEYS[1], 'n') == '1' then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+#: What the write script returns for a "not found" kept as a negative entry (a WRITTEN outcome to callers).
+NEGATIVE_WRITE = 2
 
 
 class WriteOutcome(IntEnum):
@@ -63,18 +107,48 @@ class PendingWrite:
     data: bytes | None
 
 
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """What Redis holds for one key, read with a ticket: ``digest`` None when nothing is cached, ``version`` and
+    ``fence`` 0 then. A version is the ticket of the recompute that wrote it, so it tells when it was written."""
+
+    ticket: int
+    digest: bytes | None
+    version: int
+    fence: int
+
+
 def digest(data: bytes) -> bytes:
     return hashlib.blake2b(data, digest_size=16).hexdigest().encode()
 
 
 class CacheStore:
-    """Tickets and fenced writes for cached views. Every method costs one Redis round trip, whatever the count."""
+    """Tickets and fenced writes for cached views. Every method costs one Redis round trip, whatever the count
+    (a write that leaves negative entries costs one more, two past the cap on them).
 
-    def __init__(self, redis: Redis, keys: Keys, *, tombstone_ttl: int = 86_400) -> None:
+    ``negative_ttl`` is how long a "not found" for a key that never held a value is kept; at most
+    ``negative_max`` of them are kept at once, the oldest evicted first.
+    """
+
+    def __init__(
+        self,
+        redis: Redis,
+        keys: Keys,
+        *,
+        tombstone_ttl: int = 86_400,
+        negative_ttl: int = 60,
+        negative_max: int = 10_000,
+    ) -> None:
+        if negative_ttl < 1 or negative_max < 1:
+            raise ValueError("negative_ttl and negative_max must be >= 1")
         self._redis = redis
         self._keys = keys
         self._tombstone_ttl = tombstone_ttl
+        self._negative_ttl = negative_ttl
+        self._negative_max = negative_max
         self._write = redis.register_script(_WRITE_LUA)
+        self._record_misses = redis.register_script(_RECORD_MISSES_LUA)
+        self._evict_negative = redis.register_script(_EVICT_NEGATIVE_LUA)
 
     async def tickets(self, view_keys: Sequence[str]) -> list[int]:
         """One ticket per key, to be taken *before* reading the source for that key."""
@@ -100,9 +174,35 @@ class CacheStore:
                     args = [w.ticket, TOMBSTONE, b"", self._keys.updates_channel, w.key, self._tombstone_ttl]
                 else:
                     args = [w.ticket, digest(w.data), w.data, self._keys.updates_channel, w.key, 0]
-                await self._write(keys=[self._keys.value(w.key)], args=args, client=pipe)
+                await self._write(keys=[self._keys.value(w.key)], args=[*args, self._negative_ttl], client=pipe)
             replies = await pipe.execute()
-        return [WriteOutcome(int(r)) for r in replies]
+        negatives = [w.key for w, reply in zip(writes, replies, strict=True) if int(reply) == NEGATIVE_WRITE]
+        if negatives:
+            await self._bound_negatives(negatives)
+        return [WriteOutcome(min(int(r), WriteOutcome.WRITTEN)) for r in replies]
+
+    async def _bound_negatives(self, view_keys: Sequence[str]) -> None:
+        # Two steps, each on one key: the sorted set and each evicted hash live in different Redis Cluster slots.
+        seconds, micros = await self._redis.time()
+        now_ms = int(seconds) * 1000 + int(micros) // 1000
+        evicted = await self._record_misses(
+            keys=[self._keys.misses], args=[now_ms, self._negative_ttl * 1000, self._negative_max, *view_keys]
+        )
+        if evicted:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for key in evicted:
+                    await self._evict_negative(keys=[self._keys.value(key.decode())], client=pipe)
+                await pipe.execute()
+
+    async def stored(self, view_key: str) -> Stored:
+        """A ticket for ``view_key`` and what Redis holds for it now, in one round trip."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.time()
+            pipe.hmget(self._keys.value(view_key), [DIGEST, VERSION, FENCE])
+            (seconds, micros), (found, version, fence) = await pipe.execute()
+        now = int(seconds) * 1_000_000 + int(micros)
+        fence = int(fence or 0)
+        return Stored(ticket=max(now, fence + 1), digest=found, version=int(version or 0), fence=fence)
 
     async def digests(self, view_keys: Sequence[str]) -> list[bytes | None]:
         async with self._redis.pipeline(transaction=False) as pipe:

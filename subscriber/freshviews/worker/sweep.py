@@ -22,6 +22,7 @@ from redis.typing import EncodableT, FieldT
 from freshviews.core.keys import TOMBSTONE
 from freshviews.core.views import InvalidKeyError, Registry, UnknownViewError, ViewKey
 from freshviews.worker import metrics
+from freshviews.worker.lease import Lease
 from freshviews.worker.recompute import Recomputer
 from freshviews.worker.settings import SubscriberSettings
 from freshviews.worker.store import CacheStore, WriteOutcome
@@ -34,13 +35,6 @@ Ctx = TypeVar("Ctx")
 MAX_NAMED_FAILURES = 5
 #: Reasons a sweep runs for on purpose: their repairs are expected (an empty cache being filled, say).
 ROUTINE = frozenset({"warm", "recover", "once", "gap"})
-
-_RELEASE_LUA = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
 
 
 @dataclass
@@ -55,6 +49,8 @@ class SweepResult:
     reason: str = ""
     #: Stopped by shutdown before every key was visited.
     interrupted: bool = False
+    #: Stopped because its lease was lost (expired or taken while Redis was away): owed again.
+    lock_lost: bool = False
     #: The first keys that failed (at most ``MAX_NAMED_FAILURES``), each with its reason.
     failures: dict[str, str] = field(default_factory=dict)
 
@@ -67,13 +63,20 @@ def _named(result: SweepResult) -> str:
     return f" ({named}{f'; and {more} more' if more > 0 else ''})"
 
 
+def _stopped(result: SweepResult) -> str:
+    if result.lock_lost:
+        return " stopped: its lease was lost"
+    return " interrupted by shutdown" if result.interrupted else ""
+
+
 def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
 
 
 class Sweeper(Generic[Ctx]):
-    """The repair pass of one subscriber (``settings.consumer`` holds the lock while it sweeps), at most
+    """The repair pass of one subscriber (``lease``, with ``settings.consumer`` as its token, is held while it
+    sweeps: see :mod:`freshviews.worker.lease`), at most
     ``settings.sweep_rate`` keys per second, ``chunk`` keys per round of recomputes."""
 
     def __init__(
@@ -95,17 +98,10 @@ class Sweeper(Generic[Ctx]):
         self._ctx = ctx
         self._store = store
         self._recomputer = recomputer
-        self._owner = settings.consumer
         self._rate = settings.sweep_rate
         self._chunk = chunk
-        self._release = redis.register_script(_RELEASE_LUA)
-
-    async def try_lock(self, ttl_seconds: float) -> bool:
-        """Take the group's sweep lock; False when another subscriber holds it."""
-        return bool(await self._redis.set(self._keys.sweep_lock, self._owner, nx=True, px=int(ttl_seconds * 1000)))
-
-    async def unlock(self) -> None:
-        await self._release(keys=[self._keys.sweep_lock], args=[self._owner])
+        #: The group's sweep lock, as this subscriber's lease.
+        self.lease = Lease(redis, self._keys.sweep_lock, settings.consumer, ttl=settings.sweep_lock_ttl)
 
     async def _targets(self) -> tuple[dict[str, ViewKey], set[str]]:
         """Every enumerated key, plus cached keys no longer enumerated (recomputed too: usually they are gone,
@@ -122,11 +118,21 @@ class Sweeper(Generic[Ctx]):
                 logger.warning("cached key %r matches no view (%s); leaving it alone", key, exc)
         return targets, set(live)
 
-    async def sweep(self, reason: str, *, should_stop: Callable[[], bool] = lambda: False) -> SweepResult:
+    async def sweep(
+        self,
+        reason: str,
+        *,
+        should_stop: Callable[[], bool] = lambda: False,
+        lost: Callable[[], bool] = lambda: False,
+    ) -> SweepResult:
+        """One pass; ``should_stop`` (shutdown) and ``lost`` (the lease) are looked at before each chunk."""
         started = time.perf_counter()
         targets, live = await self._targets()
         result = SweepResult(keys=len(targets), reason=reason)
         for names in _chunks(list(targets), self._chunk):
+            if lost():
+                result.lock_lost = True
+                break
             if should_stop():
                 result.interrupted = True
                 break
@@ -148,18 +154,21 @@ class Sweeper(Generic[Ctx]):
             # Pacing: a chunk never goes faster than `rate` keys per second.
             await asyncio.sleep(max(0.0, len(names) / self._rate - (time.perf_counter() - chunk_started)))
         result.seconds = round(time.perf_counter() - started, 3)
-        if not result.interrupted:
+        if not (result.interrupted or result.lock_lost):
             metrics.SWEEPS.labels(reason).inc()
             metrics.SWEEP_SECONDS.observe(result.seconds)
         fields: dict[FieldT, EncodableT] = {"at": str(time.time())}
         for name, value in asdict(result).items():
             fields[name] = json.dumps(value) if isinstance(value, dict) else str(value)
         await self._redis.hset(self._keys.sweep, mapping=fields)
+        if not result.interrupted:
+            # Every key was computed once (the failed ones aside, which readers then miss): the cache is warm.
+            await self._redis.set(self._keys.warm, fields["at"])
         # A timer sweep that repaired something found a change that never reached the cache: worth a warning.
         unexpected = result.failed or (result.repaired and reason not in ROUTINE)
         (logger.warning if unexpected else logger.info)(
             "sweep (%s)%s: %d keys, %d repaired (%d deleted), %d unchanged, %d fenced, %d failed in %.2fs%s",
-            reason, " interrupted by shutdown" if result.interrupted else "", result.keys, result.repaired,
+            reason, _stopped(result), result.keys, result.repaired,
             result.deleted, result.unchanged, result.fenced, result.failed, result.seconds, _named(result),
         )  # fmt: skip
         return result

@@ -416,6 +416,37 @@
     el.title = at !== null ? new Date(at - clockOffsetMs).toLocaleString() : "";
   }
 
+  // --- measured freshness ----------------------------------------------------------------------------------
+
+  // The subscriber's consistency sampler recomputes cached keys and compares them with the cache; /healthz
+  // carries its summary. Nines: -log10 of the share of samples that were stale (3 = one in a thousand).
+  const FRESHNESS_MS = 5000;
+  const freshness = document.getElementById("freshness");
+
+  async function loadFreshness() {
+    try {
+      const response = await fetch("healthz", { cache: "no-store" });
+      const body = await response.json();
+      renderFreshness(body && body.details ? body.details.sampler : null);
+    } catch {
+      // The server away: the connection indicator already says so.
+    }
+  }
+
+  function renderFreshness(sampler) {
+    const views = sampler && sampler.views ? Object.entries(sampler.views) : [];
+    freshness.hidden = views.length === 0;
+    if (views.length === 0) return;
+    freshness.querySelector(".meta").textContent =
+      `${number(sampler.samples)} samples at ${sampler.rate}/s over ${number(sampler.keys)} keys`;
+    freshness.querySelector(".body").replaceChildren(
+      table(
+        ["view", "samples", "nines", "explained", "unexplained"],
+        views.map(([name, v]) => [name, number(v.samples), Number(v.nines).toFixed(1), number(v.explained), number(v.unexplained)]),
+      ),
+    );
+  }
+
   // --- start -------------------------------------------------------------------------------------------------
 
   /** Example keys from GET cache/views: which panels the server has, and their default parameters. */
@@ -470,6 +501,10 @@
       onSelectionChanged();
     });
     setInterval(() => panels.forEach(updateAge), 1000);
+    if (freshness) {
+      loadFreshness();
+      setInterval(loadFreshness, FRESHNESS_MS);
+    }
 
     refreshKeys();
     if (FORCED === "poll" || !("EventSource" in window)) {
