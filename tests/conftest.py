@@ -1,7 +1,8 @@
 """Session-wide pieces: the fixture plugins of tests/support, the chaos marker's rule, the wheel, the key names.
 
 Redis (a redis-server per session on a free port, emptied before each test) is tests/support/redis_servers.py;
-a scratch PostgreSQL database, tests/support/postgres.py. Tests never touch 127.0.0.1:6379 or an existing
+a scratch PostgreSQL database, tests/support/postgres.py; a cluster of the session's own with logical decoding,
+tests/support/pgcluster.py. Tests never touch 127.0.0.1:6379 or an existing
 database.
 """
 
@@ -15,7 +16,7 @@ import pytest
 
 from freshviews.core.keys import Keys
 
-pytest_plugins = ["tests.support.redis_servers", "tests.support.postgres"]
+pytest_plugins = ["tests.support.redis_servers", "tests.support.postgres", "tests.support.pgcluster"]
 
 REPO = Path(__file__).resolve().parents[1]
 

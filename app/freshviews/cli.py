@@ -7,6 +7,8 @@
 - ``freshviews subscriber --views myapp.views:registry``: the subscriber process;
 - ``freshviews sweep --views myapp.views:registry``: one repair pass, its outcome printed as JSON;
 - ``freshviews check``: exit 0 while a subscriber is alive and sweeping, 1 otherwise.
+- ``freshviews pglog [--drop]``: PostgreSQL's own log read into the change log (``FRESHVIEWS_PGLOG_URL``), or its
+  slot and publication dropped.
 
 A configuration mistake ends a command with one line on stderr and exit status 2.
 """

@@ -45,6 +45,7 @@ BENCHMARKS = {
     "subscriber": "tests.bench.subscriber",
     "fanout": "tests.bench.fanout",
     "sampler": "tests.bench.sampler",
+    "pglog": "tests.bench.pglog",
 }
 
 

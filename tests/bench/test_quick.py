@@ -59,6 +59,15 @@ EXPECTED: dict[str, list[str]] = {
         "db_statements_per_s_at_10_per_s",
         "hole_found_median_s_at_10_per_s",
     ],
+    "pglog": [
+        "stream_changes_per_s",
+        "polled_changes_per_s",
+        "applied_changes_per_s",
+        "pglog_commit_to_cache_p50_ms_at_100_per_s",
+        "pglog_commit_to_cache_p99_ms_at_100_per_s",
+        "sqlalchemy_commit_to_cache_p50_ms_at_100_per_s",
+        "sqlalchemy_commit_to_cache_p99_ms_at_100_per_s",
+    ],
 }
 
 

@@ -128,3 +128,12 @@ def test_the_fast_encoder_writes_what_the_model_writes() -> None:
     }  # fmt: skip
     assert encode_change(**fields, origin="outbox:3") == Change(**fields, origin="outbox:3").encode().decode()
     assert decode({FIELD: encode_change(**fields).encode()}) == Change(**fields)
+
+
+def test_a_side_that_lacks_a_column_makes_its_values_unknown() -> None:
+    moved = Change(entity="items", id="1", op=Operation.UPDATE, before={"id": 1}, after={"id": 1, "color": "blue"})
+    assert moved.values("color") is None  # the old colour is not known: which key it left cannot be said
+    assert moved.values("id") == [1]
+    told = Change(entity="items", id="1", op=Operation.UPDATE, after={"color": "blue"})
+    assert told.values("color") == ["blue"]  # a writer that gives only the after values names those
+    assert Change(entity="items", id="1", op=Operation.CREATE).values("color") is None

@@ -14,6 +14,7 @@ Resolution rules, each chosen to fail towards more work rather than staleness:
 
 - a change missing a column a declaration maps makes the whole view's keys affected (every key ``enumerate``
   lists): a writer that did not say which row moved cannot be trusted to have moved none;
+- a change that removed every row (``TRUNCATE``, :data:`~freshviews.core.events.ALL_ROWS`) affects every key;
 - a NULL value names no key (a player without a team is on no team page);
 - a value that is not a valid parameter (``"abc"`` for an ``Int``) is bad input: :class:`InvalidChangeError`,
   which the subscriber dead-letters with the reason.
@@ -103,6 +104,8 @@ def resolve(view: View[Any], change: Change) -> dict[str, Params] | None:
     """The keys ``view``'s declarations name for ``change``; None when every key of the view is affected (the
     change lacks a column a declaration maps). Raises :class:`InvalidChangeError` for a value no key can have."""
     keys: dict[str, Params] = {}
+    if change.all_rows and change.entity in view.entities:
+        return None
     for on in view.depends_on:
         if on.entity != change.entity:
             continue

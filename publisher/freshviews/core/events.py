@@ -30,6 +30,9 @@ FIELD = b"c"
 MAX_ENCODED_BYTES = 64 * 1024
 #: Columns one change may carry, before or after.
 MAX_COLUMNS = 64
+#: The id of a change that removed every row of its entity (a ``TRUNCATE`` read from the database's log): it
+#: affects every key of every view of the entity.
+ALL_ROWS = "*"
 
 #: A table (optionally schema-qualified) or another kind of entity.
 Entity = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}(\.[A-Za-z_][A-Za-z0-9_]{0,62})?$")]
@@ -77,16 +80,26 @@ class Change(BaseModel):
         return data
 
     def values(self, column: str) -> list[Value | list[Value]] | None:
-        """The column's values before and after the change (one each, duplicates kept out); None when neither
-        side carries the column."""
+        """The column's values before and after the change (one each, duplicates kept out); None when they are
+        not known: neither side carries the column, or a side that is there lacks it (an old value the capture
+        never had, a database log without the old row). A caller then cannot tell which keys the change left,
+        and must assume every one."""
         found: list[Value | list[Value]] = []
         present = False
         for row in (self.before, self.after):
-            if row is not None and column in row:
-                present = True
-                if row[column] not in found:
-                    found.append(row[column])
+            if row is None:
+                continue
+            if column not in row:
+                return None
+            present = True
+            if row[column] not in found:
+                found.append(row[column])
         return found if present else None
+
+    @property
+    def all_rows(self) -> bool:
+        """Whether the change removed every row of its entity (:data:`ALL_ROWS`)."""
+        return self.id == ALL_ROWS
 
     def encode(self) -> bytes:
         return self.model_dump_json(by_alias=True, exclude_none=True).encode()

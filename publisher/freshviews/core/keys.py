@@ -23,6 +23,7 @@ Layout (``<p>`` is the configurable prefix, ``fv`` by default)::
     <p>:sampler                 string   the consistency sampler's summary (JSON: per view samples, results,
                                          nines), read by `freshviews check`, /healthz and the dashboard; with
                                          several subscribers, the one that published last (it names itself)
+    <p>:pglog:<slot>            string   the PostgreSQL log source's status (JSON with a TTL: slot lag), for `check`
 
 Each cached view is one hash, so every script touches exactly one key: safe for Redis Cluster, where the
 braces make the view key the hash tag.
@@ -70,6 +71,9 @@ class Keys:
     @property
     def sweep_lock(self) -> str:
         return f"{self.prefix}:sweep:lock"
+
+    def pglog(self, slot: str) -> str:
+        return f"{self.prefix}:pglog:{slot}"
 
     @property
     def warm(self) -> str:

@@ -10,11 +10,16 @@ finished, or since the oldest live subscriber started when none finished yet. A 
 also reports its depth and the age of its oldest change: one waiting longer than ``OUTBOX_LATE`` means changes are
 not reaching the log. The consistency sampler's summary (``<p>:sampler``: per view, samples, results and nines)
 is shown as it is: an unexplained mismatch was repaired when it was found, so it names a view whose dependencies
-to fix rather than a subscriber that is down.
+to fix rather than a subscriber that is down. With
+``FRESHVIEWS_PGLOG_URL`` it reports the replication slot's lag: the bytes of WAL it holds, from the database
+itself (so a log source that is down is visible), and the seconds its oldest unappended transaction has waited,
+from the source's status; it fails past ``FRESHVIEWS_PGLOG_LATE_BYTES`` / ``_LATE_SECONDS``, when the slot is
+missing, or when no source has reported for a while.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from dataclasses import dataclass, field
@@ -28,6 +33,8 @@ from freshviews.worker.settings import SubscriberSettings
 SWEEP_GRACE = 60.0
 #: A change waiting in the outbox longer than this means no relay is moving it, seconds.
 OUTBOX_LATE = 30.0
+#: How often a log source reports its status (``freshviews.pglog.source.STATUS_INTERVAL``), seconds.
+STATUS_EVERY = 2.0
 
 
 @dataclass
@@ -106,5 +113,41 @@ async def check(redis: Redis, settings: SubscriberSettings, *, consumer: str | N
         if errors and len(errors) == len(outboxes):
             health.problems.append(f"the outbox cannot be read: {errors[0]}")
     health.details["sampler"] = await sampler_summary(redis, settings)
+    if settings.pglog_url:
+        await _pglog(redis, settings, health, now)
     health.details["status"] = "ok" if not health.problems else "failing"
     return health
+
+
+async def _pglog(redis: Redis, settings: SubscriberSettings, health: Health, now: float) -> None:
+    assert settings.pglog_url is not None
+    slot = settings.pglog_slot
+    raw = await redis.get(settings.keys.pglog(slot))
+    try:
+        status = json.loads(raw) if raw else None
+    except ValueError:
+        status = None
+    details: dict[str, Any] = {"slot": slot, "source": status}
+    health.details["pglog"] = details
+    try:
+        from freshviews.pglog import database
+
+        lag = await asyncio.to_thread(database.slot_lag, settings.pglog_url, slot)
+    except Exception as exc:  # the probe reports any failure to read the slot as one line, never a traceback
+        health.problems.append(f"the replication slot {slot!r} cannot be read: {str(exc).strip().splitlines()[0]}")
+        return
+    if lag is None:
+        health.problems.append(f"there is no replication slot {slot!r}: is the log source configured?")
+        return
+    details.update(lag_bytes=lag.lag_bytes, active=lag.active)
+    if lag.lag_bytes > settings.pglog_late_bytes:
+        health.problems.append(
+            f"the replication slot {slot!r} holds {lag.lag_bytes} bytes of WAL (over {settings.pglog_late_bytes}): "
+            "is the log source running? (a slot nobody reads fills the database's disk)"
+        )
+    if not isinstance(status, dict) or now - float(status.get("at", 0)) > 5 * STATUS_EVERY:
+        health.problems.append(f"no log source has reported on slot {slot!r} in the last {5 * STATUS_EVERY:g}s")
+    elif float(status.get("lag_seconds", 0)) > settings.pglog_late_seconds:
+        health.problems.append(
+            f"the log source's oldest transaction not yet in the change log has waited {status['lag_seconds']}s"
+        )

@@ -1,4 +1,5 @@
-"""The subscriber's commands: ``subscriber`` (the process), ``sweep`` (one repair pass) and ``check`` (liveness).
+"""The subscriber's commands: ``subscriber`` (the process), ``sweep`` (one repair pass), ``check`` (liveness) and
+``pglog`` (the PostgreSQL log source alone, or ``--drop`` to remove its slot and publication).
 
 They are commands of ``freshviews`` (``freshviews subscriber --views myapp.views:registry``); ``python -m
 freshviews.worker`` runs the subscriber as ``freshviews subscriber`` would. Every flag is also a
@@ -27,6 +28,7 @@ from freshviews.core.settings import ConfigError, load
 from freshviews.core.views import Registry
 from freshviews.worker.check import check
 from freshviews.worker.outbox import outbox_relay
+from freshviews.worker.pglog import log_source
 from freshviews.worker.service import Subscriber
 from freshviews.worker.settings import SubscriberSettings
 
@@ -91,6 +93,19 @@ def add_commands(commands: Any) -> None:
     probe.add_argument("--group", help="consumer group name (default: SUBSCRIBER_GROUP or subscribers)")
     probe.add_argument("--consumer", help="check this consumer only (default: any consumer of the group)")
     probe.set_defaults(command=check_command)
+    log = commands.add_parser(
+        "pglog",
+        help="read PostgreSQL's log (FRESHVIEWS_PGLOG_URL) into the change log; --drop removes its slot",
+        epilog=_EPILOG + " The database: FRESHVIEWS_PGLOG_URL (required).",
+    )
+    log.add_argument("--views", help="module:attribute of your view Registry: its entities and columns")
+    log.add_argument("--tables", help="tables to watch, comma-separated (default: the views' entities)")
+    log.add_argument("--slot", help="replication slot (default: FRESHVIEWS_PGLOG_SLOT or freshviews)")
+    log.add_argument("--publication", help="publication (default: FRESHVIEWS_PGLOG_PUBLICATION or freshviews)")
+    log.add_argument(
+        "--drop", action="store_true", help="drop the slot and the publication (it keeps WAL while it exists)"
+    )
+    log.set_defaults(command=pglog_command)
 
 
 def settings_from(args: argparse.Namespace) -> SubscriberSettings:
@@ -98,6 +113,51 @@ def settings_from(args: argparse.Namespace) -> SubscriberSettings:
     if getattr(args, "group", None) is not None:
         overrides["group"] = args.group
     return load(SubscriberSettings, **overrides)
+
+
+def pglog_command(args: argparse.Namespace) -> int:
+    names = {"views": args.views, "pglog_tables": args.tables, "pglog_slot": args.slot}
+    names["pglog_publication"] = args.publication
+    settings = load(SubscriberSettings, **{k: v for k, v in names.items() if v is not None})
+    if not settings.pglog_url:
+        raise ConfigError("FRESHVIEWS_PGLOG_URL: set it to the database whose log to read (postgresql://...)")
+    if args.drop:
+        return _drop(settings, settings.pglog_url)
+    registry = load_registry(settings.views) if settings.views else None
+    return asyncio.run(_pglog(settings, registry))
+
+
+def _drop(settings: SubscriberSettings, url: str) -> int:
+    try:
+        import psycopg2
+
+        from freshviews.pglog import database
+    except ImportError as exc:
+        raise ConfigError(
+            f"freshviews pglog needs psycopg2 ({exc.name} is missing): pip install 'freshviews[pglog]'"
+        ) from None
+    try:
+        dropped = database.drop(url, slot=settings.pglog_slot, publication=settings.pglog_publication)
+    except psycopg2.Error as exc:
+        raise ConfigError(f"FRESHVIEWS_PGLOG_URL: {str(exc).strip().splitlines()[0]}") from None
+    print(json.dumps({"dropped": dropped}))
+    return 0
+
+
+async def _pglog(settings: SubscriberSettings, registry: Registry[Any] | None) -> int:
+    async with redis_url(settings) as url:
+        redis = create_redis(url, timeout=settings.redis_timeout)
+        try:
+            source = log_source(redis, settings, registry)
+            assert source is not None  # pglog_url is set
+            stop_on_signals(source.stop)
+            logger.info(
+                "log source: slot %s, tables %s, Redis %s", source.slot, ",".join(source.tables), url.split("@")[-1]
+            )
+            await source.run()
+            return 0
+        finally:
+            await redis.aclose()
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -122,7 +182,10 @@ async def _run(settings: SubscriberSettings, registry: Registry[Any], *, burst: 
         redis = create_redis(url, timeout=settings.redis_timeout)
         try:
             async with registry.open_context() as ctx, outbox_relay(redis, settings) as relay:
-                subscriber = Subscriber(redis=redis, registry=registry, ctx=ctx, settings=settings, relay=relay)
+                log = None if burst else log_source(redis, settings, registry)
+                subscriber = Subscriber(
+                    redis=redis, registry=registry, ctx=ctx, settings=settings, relay=relay, log=log
+                )
                 stop_on_signals(subscriber.stop)
                 if burst:
                     if relay is not None:

@@ -3,8 +3,9 @@
 Loops: consume (new changes), refresh (keys readers found missing, see :mod:`freshviews.worker.refresh`), reclaim
 (changes abandoned by dead consumers, plus stream gauges and trimmed-log detection), sweep (on a timer, and at once
 when Redis comes back empty), heartbeat, sample (the consistency sampler, :mod:`freshviews.worker.sampler`, at
-``SUBSCRIBER_SAMPLE_RATE`` keys per second), and with an outbox the relay (:mod:`freshviews.worker.outbox`). They run
-in one :class:`asyncio.TaskGroup`.
+``SUBSCRIBER_SAMPLE_RATE`` keys per second), with an outbox the relay (:mod:`freshviews.worker.outbox`), and with
+``FRESHVIEWS_PGLOG_URL`` the PostgreSQL log source (:mod:`freshviews.worker.pglog`). They run in one
+:class:`asyncio.TaskGroup`.
 
 A Redis error inside a loop is logged, counted and retried with backoff: Redis restarting is weather, not a reason
 to exit (a lost consumer group is recreated by the group reader, and the cache swept). A loop that fails for any
@@ -39,6 +40,7 @@ from freshviews.worker.sweep import Sweeper, SweepResult
 
 if TYPE_CHECKING:
     from freshviews.outbox import Relay
+    from freshviews.pglog.source import LogSource
 
 # MAX_COALESCE: what a burst is coalesced up to, which benchmarks report beside their results.
 __all__ = ["MAX_COALESCE", "Subscriber"]
@@ -71,10 +73,13 @@ class Subscriber(Generic[Ctx]):
         ctx: Ctx,
         settings: SubscriberSettings,
         relay: Relay | None = None,
+        log: LogSource | None = None,
     ) -> None:
-        """``relay`` (optional) moves an outbox's leftovers to the change log while :meth:`run` runs."""
+        """``relay`` (optional) moves an outbox's leftovers to the change log while :meth:`run` runs; ``log``
+        (optional) reads PostgreSQL's log into it."""
         self._redis = redis
         self.relay = relay
+        self.log = log
         self._keys = settings.keys
         self._settings = settings
         self.store = CacheStore(
@@ -141,6 +146,8 @@ class Subscriber(Generic[Ctx]):
         self._sweep_now.set()  # wakes the sweep loop, which looks at the stop flag first
         if self.relay is not None:
             self.relay.stop()
+        if self.log is not None:
+            self.log.stop()
         self._arm_grace()
 
     def _arm_grace(self) -> None:
@@ -228,6 +235,9 @@ class Subscriber(Generic[Ctx]):
                         # The relay retries its own failures (the database or Redis away), logging each attempt.
                         group.create_task(self.relay.run(interval=self._settings.relay_interval), name="relay")
                         group.create_task(self.relay.listen(), name="relay-listen")
+                    if self.log is not None:
+                        # Like the relay, the log source retries the database and Redis being away itself.
+                        group.create_task(self.log.run(), name="pglog")
                     try:
                         await self._stop.wait()
                     finally:

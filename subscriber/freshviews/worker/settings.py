@@ -9,13 +9,17 @@ from pydantic import AliasChoices, Field
 from pydantic_settings import SettingsConfigDict
 
 from freshviews.core.settings import RedisSettings
+from freshviews.pglog.settings import PglogSettings
 
 
 def _default_consumer() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
-class SubscriberSettings(RedisSettings):
+class SubscriberSettings(RedisSettings, PglogSettings):
+    """The subscriber's settings; with ``FRESHVIEWS_PGLOG_URL`` (:class:`PglogSettings`) it also runs the
+    PostgreSQL log source."""
+
     model_config = SettingsConfigDict(env_prefix="SUBSCRIBER_", extra="ignore", populate_by_name=True)
 
     #: ``module:attribute`` of the :class:`~freshviews.core.views.Registry` to serve (required: ``--views``).
