@@ -18,15 +18,16 @@ from freshviews.worker.service import Subscriber
 from freshviews.worker.settings import SubscriberSettings
 from tests.pglog.conftest import RunSource, logged
 from tests.pglog.views import registry, source
-from tests.support.helpers import wait_until
+from tests.support.helpers import BUSY_MARGIN, wait_until
 from tests.support.pgcluster import Database
 from tests.support.processes import REPO, Process, python
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
-#: The product's promise for a write's way from its commit to the cache through the log, with margin: the
-#: source polls the replication socket every 50 ms, the subscriber blocks on the log and wakes at once.
-FRESH_WITHIN = 1.0
+#: The product's promise for a write's way from its commit to the cache through the log (1 s: the source polls the
+#: replication socket every 50 ms, the subscriber blocks on the log and wakes at once), plus what a busy machine
+#: may add; the sweep never runs here, so a write the source missed would never arrive.
+FRESH_WITHIN = 1.0 + BUSY_MARGIN
 
 
 def _env(redis_url: str, db: Database) -> dict[str, str]:

@@ -15,6 +15,7 @@ from redis.asyncio import Redis
 from freshviews.core.embedded import EmbeddedRedis
 from freshviews.core.keys import Keys
 from freshviews.serving import ServingSettings
+from tests.support.helpers import BUSY_MARGIN
 from tests.support.rawhttp import exchange
 from tests.support.serving import build_app, live_server, put
 from tests.support.stack import Stack
@@ -22,8 +23,9 @@ from tests.support.world import serving_registry
 
 #: The deadlines the served process runs with (FRESHVIEWS_REQUEST_HEAD_TIMEOUT / _BODY_TIMEOUT), seconds.
 HEAD, BODY = 1.0, 1.5
-#: What a deadline may be late by: the event loop's timer on a loaded machine, and the client seeing the close.
-MARGIN = 1.0
+#: What a deadline may be late by: the event loop's timer on a loaded machine, and the client seeing the close
+#: (without a deadline the connection would stay open for good).
+MARGIN = BUSY_MARGIN
 #: Slowloris connections held at once.
 SLOWLORIS = 40
 

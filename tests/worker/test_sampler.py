@@ -28,14 +28,12 @@ from freshviews.worker.picks import KeyPicker
 from freshviews.worker.sampler import HOOK_GRACE
 from freshviews.worker.settings import SubscriberSettings
 from freshviews.worker.store import CacheStore, PendingWrite
-from tests.support.helpers import wait_until
+from tests.support.helpers import BUSY_MARGIN, wait_until
 from tests.support.metrics import sample
 from tests.support.world import COLORS, World, holed_registry, item_change
 from tests.worker.helpers import MakeSubscriber, cached, stop
 
 SAMPLES = "freshviews_sampler_samples_total"
-#: Beyond the product's bound, for a loaded machine, seconds.
-MARGIN = 2.0
 
 
 def _count(view: str, result: str) -> float:
@@ -72,7 +70,7 @@ async def test_a_hole_in_a_declaration_is_found_within_two_passes_and_named(
         bound = 2 * k / rate + HOOK_GRACE
         await wait_until(
             lambda: _count("color", "unexplained") > before,
-            timeout=bound + MARGIN,
+            timeout=bound + BUSY_MARGIN,
             message=lambda: f"no unexplained mismatch after {sub.sampler.picks - stale_from} samples",
         )
         elapsed = time.monotonic() - started
