@@ -15,16 +15,21 @@ from sqlalchemy.orm import Session, sessionmaker
 from freshviews.core import Change
 from freshviews.core.events import FIELD, decode
 from freshviews.outbox import Capture, track
+from freshviews.outbox.table import OutboxRow
 
 from .conftest import OUTBOX, REGISTRY, Base, Item, Note, Owner
 
 
 class Commits:
+    """An ``on_commit``: counts the commits that captured changes, and keeps the rows each handed over."""
+
     def __init__(self) -> None:
         self.count = 0
+        self.rows: list[OutboxRow] = []
 
-    def __call__(self) -> None:
+    def __call__(self, rows: list[OutboxRow]) -> None:
         self.count += 1
+        self.rows.extend(rows)
 
 
 @pytest.fixture
@@ -74,6 +79,10 @@ async def test_inserts_updates_and_deletes_record_the_tracked_columns_before_and
     )
     assert (deleted.op.value, deleted.before, deleted.after) == ("d", {"id": 1, "color": "blue", "owner_id": 7}, None)
     assert commits.count == 3
+    # What each commit handed to its relay is what it wrote: the rows' ids and changes, in order.
+    async with engine.connect() as conn:
+        stored = (await conn.execute(select(OUTBOX.c.id, OUTBOX.c.change).order_by(OUTBOX.c.id))).all()
+    assert commits.rows == [(row_id, change) for row_id, change in stored]
 
 
 @pytest.mark.usefixtures("capture")

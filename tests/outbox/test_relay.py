@@ -9,14 +9,15 @@ from typing import cast
 import pytest
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
-from sqlalchemy import insert, select
+from sqlalchemy import event, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from freshviews.core import Change, Keys, Operation, RedisSettings
 from freshviews.core.connections import create_redis
 from freshviews.core.events import decode
 from freshviews.outbox import Relay, capturing
-from tests.support.helpers import free_port, wait_until
+from freshviews.outbox.relay import DELETE_DELAY, HANDOFF_GRACE
+from tests.support.helpers import BUSY_MARGIN, free_port, wait_until
 
 from .conftest import OUTBOX, REGISTRY, Item
 
@@ -25,11 +26,12 @@ def _settings(redis_url: str) -> RedisSettings:
     return RedisSettings(redis_url=redis_url)
 
 
-async def _fill(engine: AsyncEngine, count: int) -> None:
-    now = int(time.time() * 1000)
+async def _fill(engine: AsyncEngine, count: int, *, age: float = 0.0) -> None:
+    """``count`` rows as a writer that committed ``age`` seconds ago and never relayed them left them."""
+    created = int((time.time() - age) * 1000)
     rows = [
         {"change": Change(entity="items", id=str(i), op=Operation.UPDATE, after={"color": "red"}).encode().decode(),
-         "created_ms": now}
+         "created_ms": created}
         for i in range(1, count + 1)
     ]  # fmt: skip
     async with engine.begin() as conn:
@@ -103,6 +105,64 @@ async def test_a_commit_wakes_the_relay_of_its_process(
         await wait_until(lambda: redis.xlen(keys.changes), timeout=5, message="the commit did not wake the relay")
     (change,) = await _logged(redis, keys)
     assert (change.entity, change.id, change.after) == ("items", "1", {"id": 1, "color": "red", "owner_id": None})
+
+
+async def test_a_timed_pass_leaves_rows_younger_than_the_grace_to_their_writers_relay(
+    engine: AsyncEngine, redis: Redis, redis_url: str, keys: Keys
+) -> None:
+    relay = Relay(engine, redis, _settings(redis_url), table=OUTBOX)
+    await _fill(engine, 2)  # just committed: their writer's relay has them in memory
+    assert await relay.drain(older_than=HANDOFF_GRACE) == 0
+    await _fill(engine, 1, age=HANDOFF_GRACE + 1)  # left by a writer that died
+    assert await relay.drain(older_than=HANDOFF_GRACE) == 1
+    assert await _left(engine) == 2
+    assert len(await _logged(redis, keys)) == 1
+
+
+async def test_commits_hand_their_rows_over_and_the_deletes_are_batched(
+    engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession], redis: Redis, redis_url: str, keys: Keys
+) -> None:
+    # The relay's timer is an hour: what moves the rows is the hand-over at each commit.
+    statements: list[str] = []
+
+    def seen(_conn: object, _cursor: object, statement: str, *_rest: object) -> None:
+        verb = statement.split(None, 1)[0].upper()
+        # The relay's reads take the change; the test's own (how many rows are left) only the id.
+        if OUTBOX.name in statement and (verb != "SELECT" or f"{OUTBOX.name}.change" in statement):
+            statements.append(verb)
+
+    async def commit(item_id: int) -> None:
+        async with sessions() as session:
+            session.add(Item(id=item_id, name="x", color="red"))
+            await session.commit()
+
+    async def relayed(count: int) -> bool:
+        return await _count(redis, keys, count) and await _left(engine) == 0
+
+    settings = _settings(redis_url)
+    async with capturing(sessions, REGISTRY, redis=redis, settings=settings, table=OUTBOX, interval=3600):
+        await commit(0)  # and the relay's pass over the table at its start is over
+        # DELETE_DELAY + BUSY_MARGIN: sent at once, deleted within DELETE_DELAY; the margin is for a loaded machine.
+        await wait_until(
+            lambda: relayed(1), timeout=DELETE_DELAY + BUSY_MARGIN, message="the first commit was not relayed"
+        )
+        event.listen(engine.sync_engine, "before_cursor_execute", seen)
+        started = time.monotonic()
+        try:
+            for item_id in range(1, 21):
+                await commit(item_id)
+            await wait_until(
+                lambda: relayed(21), timeout=DELETE_DELAY + BUSY_MARGIN, message="the commits were not relayed"
+            )
+        finally:
+            event.remove(engine.sync_engine, "before_cursor_execute", seen)
+        elapsed = time.monotonic() - started
+    print(f"20 commits relayed in {elapsed:.2f}s: {statements.count('DELETE')} deletes")
+    assert statements.count("INSERT") == 20
+    assert statements.count("SELECT") == 0  # sent from memory: the relay never read the table
+    # One delete transaction per DELETE_DELAY at most (and one more for the commits' tail).
+    assert 1 <= statements.count("DELETE") <= elapsed / DELETE_DELAY + 1
+    assert [c.id for c in await _logged(redis, keys)] == [str(i) for i in range(21)]
 
 
 async def test_rows_a_writer_left_behind_are_picked_up_on_the_timer(

@@ -67,5 +67,5 @@ async def client(app_settings: AppSettings) -> AsyncIterator[httpx.AsyncClient]:
 
 
 @pytest.fixture
-def log(db: Database, redis: Redis, redis_url: str) -> Log:
-    return Log(db.engine, redis, redis_url)
+def log(db: Database, redis: Redis) -> Log:
+    return Log(db.engine, redis)

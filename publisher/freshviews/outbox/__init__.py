@@ -64,7 +64,7 @@ async def capturing(
         raise ValueError("capturing() needs the engine of the outbox: pass engine= or bind the sessionmaker to one")
     outbox = table if table is not None else outbox_table()
     mover = Relay(bind, redis, settings, table=outbox)
-    capture = track(sessions, registry, table=outbox, on_commit=mover.wake if relay else None)
+    capture = track(sessions, registry, table=outbox, on_commit=mover.hand if relay else None)
     try:
         if not relay:
             yield mover

@@ -8,8 +8,9 @@ One call, :func:`track`, on the sessionmaker (sync or async) the application wri
   columns the views need (:meth:`freshviews.core.Registry.columns`) before and after;
 - ``update()`` and ``delete()`` statements run through its sessions record one change per row they touch: the
   rows are read (primary key and those columns) before the statement, and an update's rows again after it;
-- after a commit that recorded changes, ``on_commit`` runs (the relay wakes and moves them at once); on
-  PostgreSQL the transaction also sends ``NOTIFY freshviews_outbox``, which wakes relays in other processes.
+- after a commit that recorded changes, ``on_commit`` receives the rows it wrote (a relay's
+  :meth:`~freshviews.outbox.Relay.hand`, which sends them from memory at once); without ``on_commit``, on
+  PostgreSQL the transaction sends ``NOTIFY freshviews_outbox``, which wakes the relays in other processes.
 
 What it cannot see: SQL sent as text (``session.execute(text(...))``), Core statements on a connection, bulk
 inserts without primary keys, cascades the database performs itself (``ON DELETE CASCADE``, ``SET NULL``) and
@@ -38,7 +39,7 @@ from sqlalchemy.orm import InstanceState, Mapper, ORMExecuteState, Session, UOWT
 
 from freshviews.core.events import Operation, encode_change
 from freshviews.core.views import Registry
-from freshviews.outbox.table import outbox_table
+from freshviews.outbox.table import OutboxRow, outbox_table
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +79,9 @@ def _has_default(column: Any) -> bool:
 class Capture:
     """The tracking :func:`track` installed; :meth:`remove` takes it off again."""
 
-    def __init__(self, registry: Registry[Any], table: Table, *, on_commit: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self, registry: Registry[Any], table: Table, *, on_commit: Callable[[list[OutboxRow]], None] | None = None
+    ) -> None:
         self.registry = registry
         self.table = table
         self.on_commit = on_commit
@@ -235,20 +238,28 @@ class Capture:
         if not rows:
             return
         connection = session.connection()
-        connection.execute(insert(self.table), [{"change": r["change"], "created_ms": r["created_ms"]} for r in rows])
-        if connection.dialect.name == "postgresql" and not session.info.get(_NOTIFIED):
-            # Delivered at commit, and only if the transaction commits: relays elsewhere wake exactly then.
-            connection.execute(text("SELECT pg_notify(:channel, '')"), {"channel": NOTIFY_CHANNEL})
-            session.info[_NOTIFIED] = True
-        session.info[_PENDING] = session.info.get(_PENDING, 0) + len(rows)
+        values = [{"change": r["change"], "created_ms": r["created_ms"]} for r in rows]
+        if self.on_commit is not None:
+            # The ids come back in the order of the rows (one statement: SQLAlchemy's insertmanyvalues), so the
+            # relay of this process can send them from memory after the commit, without reading the table.
+            returning = insert(self.table).returning(self.table.c.id, sort_by_parameter_order=True)
+            ids = connection.execute(returning, values).scalars().all()
+            pending: list[OutboxRow] = session.info.setdefault(_PENDING, [])
+            pending.extend(zip(ids, (r["change"] for r in rows), strict=True))
+        else:
+            connection.execute(insert(self.table), values)
+            if connection.dialect.name == "postgresql" and not session.info.get(_NOTIFIED):
+                # No relay here: wake those elsewhere. Delivered at commit, and only if the transaction commits.
+                connection.execute(text("SELECT pg_notify(:channel, '')"), {"channel": NOTIFY_CHANNEL})
+                session.info[_NOTIFIED] = True
         for row in rows:
             CHANGES_CAPTURED.labels(row["entity"]).inc()
 
     def _after_commit(self, session: Session) -> None:
-        captured = session.info.pop(_PENDING, 0)
+        captured = session.info.pop(_PENDING, None)
         session.info.pop(_NOTIFIED, None)
         if captured and self.on_commit is not None:
-            self.on_commit()
+            self.on_commit(captured)
 
     def _after_rollback(self, session: Session, _previous: Any) -> None:
         if not session.in_transaction():
@@ -261,12 +272,13 @@ def track(
     registry: Registry[Any],
     *,
     table: Table | None = None,
-    on_commit: Callable[[], None] | None = None,
+    on_commit: Callable[[list[OutboxRow]], None] | None = None,
 ) -> Capture:
     """Capture every ORM write of ``sessions``'s sessions to the entities ``registry``'s views depend on.
 
-    ``table`` is the outbox table (:func:`~freshviews.outbox.table.outbox_table`); ``on_commit`` runs after
-    every commit that captured changes (a relay's ``wake``). Returns the :class:`Capture`, whose ``remove()``
+    ``table`` is the outbox table (:func:`~freshviews.outbox.table.outbox_table`); ``on_commit`` receives the
+    rows of every commit that captured changes (a relay's ``hand``); without it, on PostgreSQL, each such
+    transaction notifies ``freshviews_outbox``. Returns the :class:`Capture`, whose ``remove()``
     stops it.
     """
     capture = Capture(registry, table if table is not None else outbox_table(), on_commit=on_commit)

@@ -44,6 +44,10 @@ _ASYNC_SCHEMES = {
 }
 
 
+#: An outbox row as a relay sends it: its id and the change's JSON.
+OutboxRow = tuple[int, str]
+
+
 def async_url(url: str) -> str:
     """The SQLAlchemy async URL for a database URL as users write it (``postgresql://``, ``sqlite:///``)."""
     url = url.strip()
