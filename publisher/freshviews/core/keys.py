@@ -23,6 +23,10 @@ Layout (``<p>`` is the configurable prefix, ``fv`` by default)::
     <p>:sampler                 string   the consistency sampler's summary (JSON: per view samples, results,
                                          nines), read by `freshviews check`, /healthz and the dashboard; with
                                          several subscribers, the one that published last (it names itself)
+    <p>:{due}                   zset     keys whose recompute waits for the end of their view's minimum interval
+                                         (SUBSCRIBER_MIN_INTERVALS), by when (ms)
+    <p>:{due}:claimed           zset     due keys a subscriber is recomputing, by when its lease ends (ms); one
+                                         hash tag with the due set, which scripts move keys between
     <p>:pglog:<slot>            string   the PostgreSQL log source's status (JSON with a TTL: slot lag), for `check`
 
 Each cached view is one hash, so every script touches exactly one key: safe for Redis Cluster, where the
@@ -74,6 +78,14 @@ class Keys:
 
     def pglog(self, slot: str) -> str:
         return f"{self.prefix}:pglog:{slot}"
+
+    @property
+    def due(self) -> str:
+        return f"{self.prefix}:{{due}}"
+
+    @property
+    def due_claimed(self) -> str:
+        return f"{self.prefix}:{{due}}:claimed"
 
     @property
     def warm(self) -> str:

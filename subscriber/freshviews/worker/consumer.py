@@ -1,7 +1,8 @@
 """Consuming the change log: read a batch, map changes to keys, coalesce, recompute, acknowledge.
 
 A change is acknowledged only after every key it affects was written (or refused by the fence, which
-means a newer value is already there). A change that cannot be decoded, or whose keys keep failing after
+means a newer value is already there), or recorded as due at the end of its view's minimum interval
+(:mod:`freshviews.worker.throttle`). A change that cannot be decoded, or whose keys keep failing after
 ``max_attempts``, is copied to the dead-letter stream with its reason and then acknowledged, so one bad
 change never stops the others. Reading (own pending changes first, a lost group recreated) is the
 :class:`~freshviews.worker.groups.GroupReader`'s.
@@ -26,6 +27,7 @@ from freshviews.worker.groups import Entry, GroupReader, group_gone
 from freshviews.worker.recompute import Recomputer
 from freshviews.worker.settings import SubscriberSettings
 from freshviews.worker.store import WriteOutcome
+from freshviews.worker.throttle import Throttle
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +55,8 @@ class BatchOutcome:
     keys: int = 0
     written: int = 0
     fenced: int = 0
+    #: Keys put off to the end of their view's minimum interval.
+    deferred: int = 0
     failed_keys: dict[str, str] = field(default_factory=dict)
 
 
@@ -74,8 +78,10 @@ class ChangeConsumer(Generic[Ctx]):
         settings: SubscriberSettings,
         on_group_lost: Callable[[], None] | None = None,
         on_changes: Callable[[Sequence[Change]], None] | None = None,
+        throttle: Throttle[Ctx] | None = None,
     ) -> None:
         self._redis = redis
+        self._throttle = throttle
         self._on_changes = on_changes
         self._keys = settings.keys
         self._registry = registry
@@ -230,7 +236,15 @@ class ChangeConsumer(Generic[Ctx]):
             if attempt == 1:
                 for key in todo:
                     metrics.CHANGES_PER_RECOMPUTE.observe(len(sources.get(key, ())) or 1)
+            if self._throttle is not None:
+                todo, later = self._throttle.split(todo)
+                await self._throttle.defer(later)
+                done.update(later)
+                outcome.deferred += len(later)
+            started = time.time()
             result = await self._recomputer.run(todo, trigger="change")
+            if self._throttle is not None:
+                self._throttle.computed({k: todo[k] for k in result.outcomes}, started)
             done.update(result.outcomes)
             outcome.written += sum(o is WriteOutcome.WRITTEN for o in result.outcomes.values())
             outcome.fenced += sum(o is WriteOutcome.FENCED for o in result.outcomes.values())

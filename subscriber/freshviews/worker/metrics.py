@@ -7,6 +7,11 @@ CHANGES_IGNORED = Counter(
     "freshviews_changes_ignored_total", "Changes to entities no view depends on, acknowledged unapplied", ["entity"]
 )
 RECOMPUTES = Counter("freshviews_recomputes_total", "View recomputes", ["view", "trigger"])
+RECOMPUTES_DEFERRED = Counter(
+    "freshviews_recomputes_deferred_total",
+    "Change-driven recomputes put off to the end of their view's minimum interval",
+    ["view"],
+)
 RECOMPUTE_FAILURES = Counter("freshviews_recompute_failures_total", "Recomputes that raised", ["view"])
 # Buckets from 0.5 ms: a view's compute time is what its freshness is judged against (commit -> readable p99
 # within compute + 5 ms), and most views take milliseconds.

@@ -43,6 +43,7 @@ from freshviews.worker.store import CacheStore, PendingWrite, Stored, digest
 
 if TYPE_CHECKING:
     from freshviews.outbox import Relay
+    from freshviews.worker.throttle import Throttle
 
 logger = logging.getLogger(__name__)
 
@@ -95,8 +96,10 @@ class Sampler(Generic[Ctx]):
         settings: SubscriberSettings,
         relay: Relay | None = None,
         seed: int | None = None,
+        throttle: Throttle[Ctx] | None = None,
     ) -> None:
         self._redis = redis
+        self._throttle = throttle
         self._keys = settings.keys
         self._registry = registry
         self._ctx = ctx
@@ -192,6 +195,10 @@ class Sampler(Generic[Ctx]):
     async def _decide(self, u: _Undecided) -> None:
         view, key = u.view_key.view, u.view_key.key
         now = await self._store.stored(key)
+        if self._throttle is not None and await self._throttle.is_due(key):
+            # Its changes are applied and its recompute waits for the end of its view's minimum interval.
+            self._count(view, Result.EXPLAINED)
+            return
         if now.fence != u.stored.fence or now.digest != u.stored.digest:
             # A recompute landed since the sample (every change committed before it is applied, and each one's
             # recompute takes a ticket above the stored fence): what differed was on its way.

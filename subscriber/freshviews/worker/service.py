@@ -2,10 +2,11 @@
 
 Loops: consume (new changes), refresh (keys readers found missing, see :mod:`freshviews.worker.refresh`), reclaim
 (changes abandoned by dead consumers, plus stream gauges and trimmed-log detection), sweep (on a timer, and at once
-when Redis comes back empty), heartbeat, sample (the consistency sampler, :mod:`freshviews.worker.sampler`, at
-``SUBSCRIBER_SAMPLE_RATE`` keys per second), with an outbox the relay (:mod:`freshviews.worker.outbox`), and with
-``FRESHVIEWS_PGLOG_URL`` the PostgreSQL log source (:mod:`freshviews.worker.pglog`). They run in one
-:class:`asyncio.TaskGroup`.
+when Redis comes back empty), heartbeat, due (keys their view's minimum interval put off, when
+``SUBSCRIBER_MIN_INTERVALS`` names any view: :mod:`freshviews.worker.throttle`), sample (the consistency sampler,
+:mod:`freshviews.worker.sampler`, at ``SUBSCRIBER_SAMPLE_RATE`` keys per second), with an outbox the relay
+(:mod:`freshviews.worker.outbox`), and with ``FRESHVIEWS_PGLOG_URL`` the PostgreSQL log source
+(:mod:`freshviews.worker.pglog`). They run in one :class:`asyncio.TaskGroup`.
 
 A Redis error inside a loop is logged, counted and retried with backoff: Redis restarting is weather, not a reason
 to exit (a lost consumer group is recreated by the group reader, and the cache swept). A loop that fails for any
@@ -37,6 +38,7 @@ from freshviews.worker.sampler import Sampler
 from freshviews.worker.settings import SubscriberSettings
 from freshviews.worker.store import CacheStore
 from freshviews.worker.sweep import Sweeper, SweepResult
+from freshviews.worker.throttle import Throttle
 
 if TYPE_CHECKING:
     from freshviews.outbox import Relay
@@ -91,6 +93,7 @@ class Subscriber(Generic[Ctx]):
         )
         # Changes and readers' refresh requests share one bound on recomputes: both land on the same backend.
         recomputer = Recomputer(self.store, ctx, concurrency=settings.concurrency)
+        self.throttle = Throttle(redis, self._keys, registry, settings.min_intervals, recomputer)
         self.consumer = ChangeConsumer(
             redis=redis,
             registry=registry,
@@ -99,6 +102,7 @@ class Subscriber(Generic[Ctx]):
             settings=settings,
             on_group_lost=lambda: self._request_sweep("recover"),
             on_changes=lambda changes: self.sampler.on_changes(changes),
+            throttle=self.throttle if self.throttle.active else None,
         )
         self.sampler = Sampler(
             redis=redis,
@@ -109,6 +113,7 @@ class Subscriber(Generic[Ctx]):
             reader=GroupReader(redis, self._keys.changes, settings),
             settings=settings,
             relay=relay,
+            throttle=self.throttle if self.throttle.active else None,
         )
         self.refresher = RefreshConsumer(
             redis=redis, registry=registry, store=self.store, recomputer=recomputer, settings=settings
@@ -204,8 +209,12 @@ class Subscriber(Generic[Ctx]):
         return await self.consumer.process(entries)
 
     async def drain(self) -> int:
-        """Burst mode: apply everything pending and new, then return the number of changes handled."""
-        return await self.consumer.drain()
+        """Burst mode: apply everything pending and new, then return the number of changes handled. Keys a
+        minimum interval put off are recomputed at the end (a burst leaves nothing due behind)."""
+        handled = await self.consumer.drain()
+        if self.throttle.active:
+            await self.throttle.run_due(float("inf"))
+        return handled
 
     async def run(self) -> None:
         """Run every loop until :meth:`stop`; re-raise the error of a loop that failed (the others are cancelled)."""
@@ -221,6 +230,8 @@ class Subscriber(Generic[Ctx]):
             "sweep": self._sweep_step,
             "heartbeat": self._heartbeat_step,
         }
+        if self.throttle.active:
+            loops["due"] = self.throttle.step
         if self._settings.sample_rate > 0:
             loops["sample"] = self._sample_step
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+from typing import Annotated
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import SettingsConfigDict
@@ -44,6 +45,11 @@ class SubscriberSettings(RedisSettings, PglogSettings):
     #: Keys per second the consistency sampler recomputes and compares with the cache (0 turns it off). Each
     #: sample costs one compute; 10/s is a few statements per second on the scoreboard (tests/bench/sampler.py).
     sample_rate: float = Field(default=10.0, ge=0, le=10_000)
+    #: Per view (by name), the shortest time between two change-driven recomputes of one of its keys in this
+    #: process, seconds: under sustained writes a heavy view (``{"stats": 1}``) is recomputed at most once per
+    #: interval, and a change to it waits at most that long plus one compute; views not named are recomputed at
+    #: once. JSON in the environment: ``SUBSCRIBER_MIN_INTERVALS='{"stats": 1}'``.
+    min_intervals: dict[str, Annotated[float, Field(ge=0, le=3600)]] = Field(default_factory=dict)
     #: A change pending this long on a consumer is presumed abandoned and reclaimed.
     reclaim_idle_ms: int = Field(default=30_000, ge=100)
     reclaim_interval: float = Field(default=5.0, gt=0)
