@@ -37,6 +37,23 @@ RELAY_ERRORS = "freshviews_outbox_relay_errors_total"
 COMPUTE = "freshviews_recompute_seconds"
 #: The freshness promise per view: commit -> readable p99 within the view's compute p99 plus this, seconds.
 FRESH_OVER_COMPUTE = 0.005
+#: The subscriber's recomputes by view and trigger ("change": at once, "due": put off by a minimum interval).
+RECOMPUTES = "freshviews_recomputes_total"
+#: The hot aggregate, its minimum interval in the throttled run (seconds), and the rate that run writes at.
+HOT_VIEW = "stats"
+HOT_INTERVAL = 1.0
+THROTTLED_RATE = 100.0
+
+
+def change_recomputes(before: str, after: str) -> dict[str, float]:
+    """Per view, the recomputes changes caused between two scrapes (at once or put off), sweeps and samples apart."""
+    out: dict[str, float] = {}
+    for view in label_values(after, RECOMPUTES, "view"):
+        n = sum(metric(after, RECOMPUTES, view=view, trigger=t) - metric(before, RECOMPUTES, view=view, trigger=t)
+                for t in ("change", "due"))  # fmt: skip
+        if n > 0:
+            out[view] = n
+    return out
 
 
 def compute_times(before: str, after: str) -> dict[str, dict[str, float | None]]:
@@ -196,7 +213,8 @@ async def measure(stack: Stack, *, rate: float, window: float, players: int, dra
             w.committed = committed.get(str(w.score_id))
     await redis.aclose()
     failed = metric(await asyncio.to_thread(scrape, f"{stack.base_url}/metrics"), RELAY_ERRORS) - failed_before
-    computes = compute_times(computed_before, await asyncio.to_thread(scrape, stack.metrics_url))
+    computed_after = await asyncio.to_thread(scrape, stack.metrics_url)
+    computes = compute_times(computed_before, computed_after)
     stale = sorted(w.readable - w.committed for w in writes if w.readable is not None and w.committed is not None)
     step = max(1, len(stale) // SAMPLES_KEPT)
     return {
@@ -219,6 +237,9 @@ async def measure(stack: Stack, *, rate: float, window: float, players: int, dra
         "staleness_samples_ms": [round(s * 1000, 2) for s in stale[::step]],
         # Every view's compute time in the window (the sweep's computes included): what freshness is judged by.
         "compute_ms": computes,
+        "change_recomputes_per_s": {
+            view: round(n / elapsed, 2) for view, n in change_recomputes(computed_before, computed_after).items()
+        },
     }
 
 
@@ -230,7 +251,8 @@ def _line(name: str, r: dict[str, Any]) -> str:
     return (
         f"  freshness {name:7s} {r['intended_writes_per_s']:6.0f} writes/s (achieved {r['achieved_writes_per_s']}): "
         f"p50 {r['staleness_p50_ms']} ms, p99 {r['staleness_p99_ms']} ms, max {r['staleness_max_ms']} ms, "
-        f"seen {r['seen_in_cache']}/{r['writes']}, relay errors {r['relay_errors']:g}\n"
+        f"seen {r['seen_in_cache']}/{r['writes']}, relay errors {r['relay_errors']:g}; change-driven recomputes/s "
+        f"{r['change_recomputes_per_s']}\n"
         + "".join(
             f"    compute {view}: p50 {c['p50_ms']} ms, p99 {c['p99_ms']} ms ({c['computes']:g} computes)\n"
             for view, c in sorted(r["compute_ms"].items())
@@ -255,6 +277,23 @@ async def run(config: Config) -> dict[str, Any]:
             print(_line("change", r), flush=True)
     finally:
         change.stop()
+    # The same load with the hot aggregate's minimum interval set: it is recomputed at most once per interval,
+    # the cheap views stay as fresh.
+    throttled = Stack(
+        workdir=config.workdir("fresh-throttled"), database_file=config.database("fresh-throttled"),
+        capture=True, sweep_interval=DEFAULT_SWEEP_INTERVAL,
+        extra_env={"SUBSCRIBER_MIN_INTERVALS": json.dumps({HOT_VIEW: HOT_INTERVAL})},
+    ).start()  # fmt: skip
+    try:
+        await asyncio.to_thread(throttled.wait_warm)
+        r = await measure(
+            throttled, rate=THROTTLED_RATE, window=config.fresh_window, players=players, drain=config.fresh_drain,
+            seed=7,
+        )  # fmt: skip
+        results["throttled"] = {f"{THROTTLED_RATE:g}": r}
+        print(_line(f"{HOT_VIEW}≥{HOT_INTERVAL:g}s", r), flush=True)
+    finally:
+        throttled.stop()
     warmer = Stack(
         workdir=config.workdir("fresh-warmer"), database_file=config.database("fresh-warmer"),
         capture=False, sweep_interval=config.warmer_interval,
@@ -293,6 +332,27 @@ async def run(config: Config) -> dict[str, Any]:
                 None if p99 is None or bound is None else p99 <= bound,
             )
         )
+    t = results["throttled"][f"{THROTTLED_RATE:g}"]
+    plain = results["change"].get(f"{THROTTLED_RATE:g}")
+    hot = t["change_recomputes_per_s"].get(HOT_VIEW)
+    figures.put(f"{HOT_VIEW}_recomputes_per_s_throttled_at_{THROTTLED_RATE:g}", hot, f"{HOT_VIEW} never recomputed")
+    figures.put(
+        f"{HOT_VIEW}_recomputes_per_s_unthrottled_at_{THROTTLED_RATE:g}",
+        plain["change_recomputes_per_s"].get(HOT_VIEW) if plain else None,
+        f"change-driven not measured at {THROTTLED_RATE:g} writes/s",
+    )
+    figures.put(f"player_staleness_p99_ms_throttled_at_{THROTTLED_RATE:g}", t["staleness_p99_ms"], "no write was seen")
+    # At most one per interval over the window, one at its start (nothing computed the key in the process yet)
+    # and one for where the window cuts an interval.
+    bound = (config.fresh_window // HOT_INTERVAL + 2) / config.fresh_window
+    goals.append(
+        goal(
+            f"{HOT_VIEW} recomputes/s at {THROTTLED_RATE:g} writes/s with a {HOT_INTERVAL:g} s minimum interval",
+            f"<= {bound:.2f}",
+            hot,
+            None if hot is None else hot <= bound,
+        )
+    )
     w = results["warmer"][f"{config.warmer_fresh_rate:g}"]
     for q in ("p50", "p99"):
         figures.put(f"warmer_staleness_{q}_ms_at_{config.warmer_fresh_rate:g}_per_s", w[f"staleness_{q}_ms"])
@@ -307,6 +367,8 @@ async def run(config: Config) -> dict[str, Any]:
             "write": "POST /api/scores for a random player (uniform over the seeded players)",
             "change_driven": f"capture on, SUBSCRIBER_SWEEP_INTERVAL={DEFAULT_SWEEP_INTERVAL:g}",
             "warmer": f"capture off, SUBSCRIBER_SWEEP_INTERVAL={config.warmer_interval:g}",
+            "throttled": f"as change_driven, SUBSCRIBER_MIN_INTERVALS={{{HOT_VIEW!r}: {HOT_INTERVAL:g}}}, "
+            f"at {THROTTLED_RATE:g} writes/s",
             "window_s": config.fresh_window,
             "warmer_window_s": config.warmer_fresh_window,
             "max_writes_in_flight": IN_FLIGHT,
