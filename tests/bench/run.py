@@ -46,6 +46,7 @@ BENCHMARKS = {
     "fanout": "tests.bench.fanout",
     "sampler": "tests.bench.sampler",
     "pglog": "tests.bench.pglog",
+    "ttl": "tests.bench.ttl",
 }
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
-from tests.bench.common import SOURCE, source_path
+from tests.bench.common import REPO, SOURCE, source_path
 from tests.support.helpers import free_port, redis_executable, wait_for
 from tests.support.metrics import metric, scrape
 from tests.support.processes import Process, wait_http
@@ -34,7 +34,8 @@ class Stack:
     """One system under test: its own Redis, a backend process and optionally a subscriber process.
 
     ``capture`` is the backend's APP_CAPTURE (off: no change is recorded, only the sweep refreshes: the timed
-    warmer); ``sweep_interval`` None means no subscriber.
+    warmer); ``sweep_interval`` None means no subscriber; ``app_spec`` the ``freshviews serve`` arguments naming
+    the backend (the scoreboard, or a baseline of the benchmarks' own, which then also imports ``tests``).
     """
 
     workdir: Path
@@ -42,6 +43,7 @@ class Stack:
     capture: bool = True
     sweep_interval: float | None = None
     launcher: Sequence[str] = ()
+    app_spec: Sequence[str] = SCOREBOARD_APP
     #: More environment for both processes (a benchmark's own settings, reported in its conditions).
     extra_env: dict[str, str] = field(default_factory=dict)
     redis: EmbeddedRedis | None = None
@@ -76,7 +78,9 @@ class Stack:
             SUBSCRIBER_SWEEP_INTERVAL=str(self.sweep_interval or 0),
             PYTHONUNBUFFERED="1",
             # The product from the measured snapshot only (not from the repository).
-            PYTHONPATH=os.pathsep.join(source_path(SOURCE[0])),
+            PYTHONPATH=os.pathsep.join(
+                [*source_path(SOURCE[0]), *([str(REPO)] if self.app_spec != SCOREBOARD_APP else [])]
+            ),
         )
         env.update(self.extra_env)
         return env
@@ -98,7 +102,7 @@ class Stack:
         python = [sys.executable, *self.launcher]
         self.app = Process(
             "app",
-            [*python, "-m", "freshviews", "--log-level", "warning", "serve", *SCOREBOARD_APP, "--no-access-log"],
+            [*python, "-m", "freshviews", "--log-level", "warning", "serve", *self.app_spec, "--no-access-log"],
             self.env(),
             self.workdir / "app.log",
             cwd=self.workdir,

@@ -33,6 +33,11 @@ EXPECTED: dict[str, list[str]] = {
         "change_staleness_p99_ms_at_100_per_s",
         "warmer_staleness_p50_ms_at_10_per_s",
         "warmer_over_change_median_staleness",
+        "player_compute_p99_ms_at_10_per_s",
+        "player_compute_p99_ms_at_100_per_s",
+        "stats_recomputes_per_s_throttled_at_100",
+        "stats_recomputes_per_s_unthrottled_at_100",
+        "player_staleness_p99_ms_throttled_at_100",
     ],
     "read": [
         "cache_200_over_bare_200",
@@ -67,6 +72,15 @@ EXPECTED: dict[str, list[str]] = {
         "pglog_commit_to_cache_p99_ms_at_100_per_s",
         "sqlalchemy_commit_to_cache_p50_ms_at_100_per_s",
         "sqlalchemy_commit_to_cache_p99_ms_at_100_per_s",
+    ],
+    "ttl": [
+        *(
+            f"{s}_{f}_n20"
+            for s in ("freshviews", "fastapi_cache2_1s", "cashews_1s")
+            for f in ("queries_per_min", "staleness_p50_ms", "not_readable_in_1s_share")
+        ),
+        "freshviews_over_best_ttl_1s_queries_n20",
+        "best_ttl_1s_over_freshviews_staleness_p50_n20",
     ],
 }
 
