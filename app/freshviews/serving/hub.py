@@ -26,10 +26,10 @@ from contextlib import contextmanager
 from typing import Any, Protocol
 
 from prometheus_client import Counter
-from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
+from freshviews.core.clients import RedisClient
 from freshviews.core.keys import Keys
 from freshviews.serving.snapshots import Snapshot, read_snapshots
 
@@ -92,7 +92,7 @@ class UpdateHub:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         keys: Keys,
         *,
         read_timeout: float,

@@ -22,12 +22,12 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from prometheus_client import Counter, Gauge
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sqlalchemy import Table, delete, select, text
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from freshviews.core.clients import RedisClient
 from freshviews.core.connections import describe
 from freshviews.core.events import FIELD
 from freshviews.core.settings import RedisSettings
@@ -51,7 +51,7 @@ class Relay:
     def __init__(
         self,
         engine: AsyncEngine,
-        redis: Redis,
+        redis: RedisClient,
         settings: RedisSettings,
         *,
         table: Table | None = None,

@@ -25,9 +25,9 @@ import time
 from collections.abc import Sequence
 
 import psycopg2
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from freshviews.core.clients import RedisClient
 from freshviews.core.connections import describe
 from freshviews.core.events import FIELD
 from freshviews.core.keys import Keys
@@ -56,7 +56,7 @@ class LogSource:
         self,
         *,
         url: str,
-        redis: Redis,
+        redis: RedisClient,
         keys: Keys,
         slot: str,
         publication: str,

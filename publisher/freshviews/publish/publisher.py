@@ -8,9 +8,9 @@ import time
 from collections.abc import Iterable
 
 from fastapi import Request
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from freshviews.core.clients import RedisClient
 from freshviews.core.events import FIELD, Change
 from freshviews.core.keys import Keys
 from freshviews.publish import metrics
@@ -28,7 +28,7 @@ class Publisher:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         keys: Keys,
         *,
         maxlen: int = 100_000,

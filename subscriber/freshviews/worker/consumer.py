@@ -16,9 +16,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from freshviews.core.clients import RedisClient
 from freshviews.core.events import FIELD, Change, ChangeDecodeError, decode
 from freshviews.core.views import Registry, ViewKey
 from freshviews.worker import metrics
@@ -67,7 +67,7 @@ class ChangeConsumer(Generic[Ctx]):
     def __init__(
         self,
         *,
-        redis: Redis,
+        redis: RedisClient,
         registry: Registry[Ctx],
         ctx: Ctx,
         recomputer: Recomputer[Ctx],

@@ -28,8 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from redis.asyncio import Redis
-
+from freshviews.core.clients import RedisClient
 from freshviews.core.events import Change, ChangeDecodeError, decode
 from freshviews.core.keys import TOMBSTONE
 from freshviews.core.views import InvalidKeyError, Registry, UnknownViewError, View, ViewKey
@@ -87,7 +86,7 @@ class Sampler(Generic[Ctx]):
     def __init__(
         self,
         *,
-        redis: Redis,
+        redis: RedisClient,
         registry: Registry[Ctx],
         ctx: Ctx,
         store: CacheStore,

@@ -23,9 +23,9 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Generic, TypeVar
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from freshviews.core.clients import RedisClient
 from freshviews.core.connections import RedisConfigError, check_redis, config_problem, describe, error_code, where
 from freshviews.core.views import Registry
 from freshviews.worker import metrics
@@ -68,7 +68,7 @@ class Subscriber(Generic[Ctx]):
     def __init__(
         self,
         *,
-        redis: Redis,
+        redis: RedisClient,
         registry: Registry[Ctx],
         ctx: Ctx,
         settings: SubscriberSettings,

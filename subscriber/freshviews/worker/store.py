@@ -1,10 +1,15 @@
 """Versioned writes of computed views into Redis: the version fence lives here.
 
-Every recompute takes a *ticket* before it reads the source of truth: ``max(Redis TIME in µs, fence + 1)``.
-Its result is written by one Lua script on the view's one hash, only if the ticket is above the
-hash's fence (the ticket of the newest recompute applied so far). So a recompute that started earlier can
+Every recompute takes a *ticket* before it reads the source of truth: ``max(Redis TIME in µs, fence + 1,
+issued + 1)``, computed by a script on the view's own node, which records it as the highest ticket issued for
+the key (``Keys.issued``, kept for ``ISSUED_TTL_MS`` after the last). Its result is written by one Lua script
+on the view's hash, only if the ticket is above the hash's fence (the ticket of the newest recompute applied so
+far). So a recompute that started earlier can
 never overwrite one that started later, and the stored version never decreases, even across several
-subscribers or a stepped clock. Tickets come from Redis's clock, so every subscriber shares one clock.
+subscribers or a stepped clock. Tickets come from the clock of the Redis holding the key, so every subscriber
+shares one clock per key; on a Redis Cluster, a failover onto a replica whose clock is behind cannot hand out a
+lower ticket either (the replica has the key's issued ticket and fence: what asynchronous replication delivered
+before the failover). Versions of keys on different nodes compare only to within the clocks' skew.
 
 Why this is enough for freshness: a change is published after its commit, so the recompute it triggers
 takes its ticket after the commit and reads the source after that; its ticket is above every ticket taken
@@ -19,10 +24,27 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
-from redis.asyncio import Redis
-
+from freshviews.core.clients import RedisClient, queue_script
 from freshviews.core.keys import DIGEST, FENCE, TOMBSTONE, VERSION, Keys
 
+# KEYS[1]: the view's hash, KEYS[2]: its issued ticket (one slot: the same hash tag).  ARGV: how long (ms) the
+# issued ticket is kept. Returns a ticket above this node's clock, the key's fence and every ticket issued for the
+# key within that time, and records it. A number goes back, and a string is stored: Lua's own formatting of a
+# 16-digit number would be 1.7e+15.
+_TICKET_LUA = """
+local now = redis.call('TIME')
+local ticket = tonumber(now[1]) * 1000000 + tonumber(now[2])
+local fence = tonumber(redis.call('HGET', KEYS[1], 'f') or '0')
+local issued = tonumber(redis.call('GET', KEYS[2]) or '0')
+if fence >= ticket then
+  ticket = fence + 1
+end
+if issued >= ticket then
+  ticket = issued + 1
+end
+redis.call('SET', KEYS[2], string.format('%d', ticket), 'PX', tonumber(ARGV[1]))
+return ticket
+"""
 # KEYS[1]: the view's hash.  ARGV: ticket, digest ("-" for a tombstone), data, channel, view key, tombstone ttl,
 # negative ttl. Returns 1 written, 2 written as a negative entry, 0 unchanged (the fence still advances), -1 fenced
 # (a newer recompute already landed).
@@ -90,6 +112,9 @@ return 0
 
 #: What the write script returns for a "not found" kept as a negative entry (a WRITTEN outcome to callers).
 NEGATIVE_WRITE = 2
+#: How long a key's highest issued ticket is kept after its last ticket: far longer than any recompute (and a
+#: failover), so that every ticket that could still be written counts; after it, the fence alone bounds the next.
+ISSUED_TTL_MS = 600_000
 
 
 class WriteOutcome(IntEnum):
@@ -132,7 +157,7 @@ class CacheStore:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         keys: Keys,
         *,
         tombstone_ttl: int = 86_400,
@@ -146,6 +171,7 @@ class CacheStore:
         self._tombstone_ttl = tombstone_ttl
         self._negative_ttl = negative_ttl
         self._negative_max = negative_max
+        self._ticket = redis.register_script(_TICKET_LUA)
         self._write = redis.register_script(_WRITE_LUA)
         self._record_misses = redis.register_script(_RECORD_MISSES_LUA)
         self._evict_negative = redis.register_script(_EVICT_NEGATIVE_LUA)
@@ -155,13 +181,12 @@ class CacheStore:
         if not view_keys:
             return []
         async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.time()
             for key in view_keys:
-                pipe.hget(self._keys.value(key), FENCE)
-            replies = await pipe.execute()
-        seconds, micros = replies[0]
-        now = int(seconds) * 1_000_000 + int(micros)
-        return [max(now, int(fence or 0) + 1) for fence in replies[1:]]
+                await queue_script(pipe, self._ticket, self._ticket_keys(key), [ISSUED_TTL_MS])
+            return [int(ticket) for ticket in await pipe.execute()]
+
+    def _ticket_keys(self, view_key: str) -> list[str]:
+        return [self._keys.value(view_key), self._keys.issued(view_key)]
 
     async def write(self, writes: Sequence[PendingWrite]) -> list[WriteOutcome]:
         """Apply fenced writes; each publishes an update notification when the stored value changed."""
@@ -174,7 +199,7 @@ class CacheStore:
                     args = [w.ticket, TOMBSTONE, b"", self._keys.updates_channel, w.key, self._tombstone_ttl]
                 else:
                     args = [w.ticket, digest(w.data), w.data, self._keys.updates_channel, w.key, 0]
-                await self._write(keys=[self._keys.value(w.key)], args=[*args, self._negative_ttl], client=pipe)
+                await queue_script(pipe, self._write, [self._keys.value(w.key)], [*args, self._negative_ttl])
             replies = await pipe.execute()
         negatives = [w.key for w, reply in zip(writes, replies, strict=True) if int(reply) == NEGATIVE_WRITE]
         if negatives:
@@ -191,18 +216,16 @@ class CacheStore:
         if evicted:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for key in evicted:
-                    await self._evict_negative(keys=[self._keys.value(key.decode())], client=pipe)
+                    await queue_script(pipe, self._evict_negative, [self._keys.value(key.decode())])
                 await pipe.execute()
 
     async def stored(self, view_key: str) -> Stored:
         """A ticket for ``view_key`` and what Redis holds for it now, in one round trip."""
         async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.time()
+            await queue_script(pipe, self._ticket, self._ticket_keys(view_key), [ISSUED_TTL_MS])
             pipe.hmget(self._keys.value(view_key), [DIGEST, VERSION, FENCE])
-            (seconds, micros), (found, version, fence) = await pipe.execute()
-        now = int(seconds) * 1_000_000 + int(micros)
-        fence = int(fence or 0)
-        return Stored(ticket=max(now, fence + 1), digest=found, version=int(version or 0), fence=fence)
+            ticket, (found, version, fence) = await pipe.execute()
+        return Stored(ticket=int(ticket), digest=found, version=int(version or 0), fence=int(fence or 0))
 
     async def digests(self, view_keys: Sequence[str]) -> list[bytes | None]:
         async with self._redis.pipeline(transaction=False) as pipe:
