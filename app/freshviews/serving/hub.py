@@ -29,7 +29,7 @@ from prometheus_client import Counter
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
-from freshviews.core.clients import RedisClient
+from freshviews.core.clients import RedisClient, is_cluster
 from freshviews.core.keys import Keys
 from freshviews.serving.snapshots import Snapshot, read_snapshots
 
@@ -224,6 +224,9 @@ class UpdateHub:
             delay = min(delay * 2, self._backoff_max)
 
     async def _listen(self) -> None:
+        if is_cluster(self._redis):
+            # A cluster client learns the slots on its first command; its pub/sub needs them before its first.
+            await self._redis.initialize()
         pubsub = self._redis.pubsub()
         try:
             await pubsub.subscribe(self._keys.updates_channel)

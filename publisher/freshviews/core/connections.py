@@ -22,6 +22,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import (
+    AskError,
     AuthenticationError,
     AuthorizationError,
     MovedError,
@@ -60,7 +61,10 @@ def where(redis: RedisClient) -> str:
 
 
 def error_code(exc: BaseException) -> str:
-    """The code word Redis starts an error reply with (``NOGROUP``, ``BUSYGROUP``, ``WRONGPASS``, ...), or ""."""
+    """The code word Redis starts an error reply with (``NOGROUP``, ``BUSYGROUP``, ``WRONGPASS``, ``MOVED``...),
+    or ""."""
+    if isinstance(exc, AskError):  # redis-py keeps only what follows the word: "<slot> <host:port>"
+        return "MOVED" if isinstance(exc, MovedError) else "ASK"
     if not isinstance(exc, ResponseError):
         return ""
     word = str(exc).split(" ", 1)[0]
