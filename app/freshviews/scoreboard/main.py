@@ -13,7 +13,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -138,7 +138,7 @@ async def _sampler(redis: RedisClient, keys: Keys) -> dict[str, Any] | None:
         async with asyncio.timeout(HEALTH_TIMEOUT):
             raw = await redis.get(keys.sampler)
         summary = json.loads(raw) if raw is not None else None
-    except (RedisError, OSError, TimeoutError, ValueError):
+    except (RedisError, RedisClusterException, OSError, TimeoutError, ValueError):
         return None  # the Redis checks above report Redis itself
     return summary if isinstance(summary, dict) else None
 

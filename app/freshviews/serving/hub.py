@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 from prometheus_client import Counter
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from freshviews.core.clients import RedisClient, is_cluster
 from freshviews.core.keys import Keys
@@ -209,7 +209,7 @@ class UpdateHub:
             subscriptions = self._subscriptions
             try:
                 await self._listen()
-            except (RedisError, OSError) as exc:
+            except (RedisError, RedisClusterException, OSError) as exc:
                 HUB_ERRORS.labels("redis").inc()
                 self._mark_down(f"{type(exc).__name__}: {exc}")
                 logger.warning("update subscription lost (%s: %s); retrying in %.1fs", type(exc).__name__, exc, delay)

@@ -34,7 +34,7 @@ from typing import Literal, overload
 
 from fastapi import Request
 from fastapi.responses import Response
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from freshviews.core.clients import RedisClient, is_cluster, ping_every_primary
 from freshviews.core.clients import pool_size as connection_pool_size
@@ -137,7 +137,7 @@ class Serving:
         try:
             async with asyncio.timeout(self.settings.cache_redis_timeout), self._redis_slots:
                 yield
-        except (RedisError, OSError) as exc:  # TimeoutError is an OSError
+        except (RedisError, RedisClusterException, OSError) as exc:  # TimeoutError is an OSError
             raise CacheUnavailableError(f"cache unavailable: {type(exc).__name__}") from exc
 
     async def read(self, view_keys: Sequence[str], *, wait: bool = True, copies: bool = True) -> list[Snapshot | None]:

@@ -10,6 +10,10 @@ and what this module does instead:
 - ``EVALSHA`` in a pipeline: a cluster pipeline sends the script's text with ``EVAL`` (:func:`queue_script`);
   a script cached on a master is not on the replica that replaces it, and ``EVAL`` needs no cache;
 - one node answering for all: :func:`ping_every_primary` asks each master.
+
+The cluster client also raises :class:`~redis.exceptions.RedisClusterException`, which is no ``RedisError``,
+when it can map a slot to no node or reach no node (a failover under way, every node it knows gone): weather,
+like a ``RedisError``, so every boundary that retries Redis failures names both.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from prometheus_client import Counter, Gauge
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 from sqlalchemy import Table, delete, select, text
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -145,7 +145,7 @@ class Relay:
             try:
                 await self.drain()
                 delay = 0.1
-            except (RedisError, DBAPIError, OperationalError, OSError) as exc:
+            except (RedisError, RedisClusterException, DBAPIError, OperationalError, OSError) as exc:
                 RELAY_ERRORS.labels("redis" if isinstance(exc, RedisError) else "database").inc()
                 logger.warning("relay: %s; retrying in %.1fs", describe(exc), delay)
                 if self._stopped.is_set():

@@ -25,7 +25,7 @@ import time
 from collections.abc import Sequence
 
 import psycopg2
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from freshviews.core.clients import RedisClient
 from freshviews.core.connections import describe
@@ -175,7 +175,7 @@ class LogSource:
                     if tx.changes or tx.dead:
                         await pipe.execute()
                 break
-            except (RedisError, OSError) as exc:
+            except (RedisError, RedisClusterException, OSError) as exc:
                 metrics.ERRORS.labels("redis").inc()
                 logger.warning("log source: Redis failed (%s); again in %.1fs", describe(exc), delay)
                 if await self._sleep(delay):

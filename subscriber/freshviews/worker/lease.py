@@ -14,7 +14,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from freshviews.core.clients import RedisClient
 from freshviews.worker import metrics
@@ -108,7 +108,7 @@ class Lease:
             await asyncio.sleep(period)
             try:
                 renewed = await self.renew()
-            except (RedisError, OSError) as exc:
+            except (RedisError, RedisClusterException, OSError) as exc:
                 if loop.time() < expires:
                     logger.info("sweep lease: renewal failed (%s); trying again", exc)
                     continue

@@ -23,7 +23,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Generic, TypeVar
 
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from freshviews.core.clients import RedisClient
 from freshviews.core.connections import RedisConfigError, check_redis, config_problem, describe, error_code, where
@@ -260,7 +260,7 @@ class Subscriber(Generic[Ctx]):
         while not self._stop.is_set():
             try:
                 await step()
-            except (RedisError, OSError) as exc:
+            except (RedisError, RedisClusterException, OSError) as exc:
                 # A refusal (a revoked permission, a password Redis no longer accepts) does not go away by retrying.
                 if error_code(exc) and (problem := config_problem(exc, self._redis)) is not None:
                     logger.error("%s loop: %s", name, problem)
