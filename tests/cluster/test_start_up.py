@@ -12,6 +12,8 @@ from freshviews.core.clients import primaries
 from freshviews.core.connections import create_redis
 from freshviews.core.embedded import EmbeddedRedis
 from freshviews.core.settings import ConfigError, RedisSettings, load
+from freshviews.worker.check import check
+from freshviews.worker.settings import SubscriberSettings
 from tests.support.redis_servers import ClusterNodes
 from tests.support.serving import OpenClient, serving_of
 from tests.worker.test_cli import VIEWS, _run
@@ -52,3 +54,10 @@ async def test_health_reads_and_pings_every_master(open_client: OpenClient, redi
     masters = await redis_cluster.masters()
     assert len(masters) == 3
     assert primaries(serving.redis) == sorted(f"127.0.0.1:{port}" for port in masters)
+
+
+async def test_check_pings_every_master_and_names_them(redis: RedisCluster, redis_cluster: ClusterNodes) -> None:
+    health = await check(redis, SubscriberSettings(redis_url=redis_cluster.cluster_url()))
+    masters = sorted(f"127.0.0.1:{port}" for port in await redis_cluster.masters())
+    assert health.details["redis_primaries"] == masters
+    assert not [problem for problem in health.problems if "master" in problem], health.problems

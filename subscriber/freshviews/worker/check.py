@@ -25,7 +25,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from freshviews.core.clients import RedisClient, is_cluster
+from redis.exceptions import RedisClusterException, RedisError
+
+from freshviews.core.clients import RedisClient, is_cluster, ping_every_primary, primaries
+from freshviews.core.connections import describe
 from freshviews.worker.settings import SubscriberSettings
 
 #: Beyond twice the interval, the time a sweep may itself take before it counts as late, seconds.
@@ -80,6 +83,13 @@ async def check(redis: RedisClient, settings: SubscriberSettings, *, consumer: s
     """The subscribers' health as ``freshviews check`` reports it."""
     now = time.time()
     health = Health()
+    health.details["redis_primaries"] = primaries(redis)
+    if is_cluster(redis):
+        # One master down is a slot range without a master: every change and view there waits for a failover.
+        try:
+            await ping_every_primary(redis)
+        except (RedisError, RedisClusterException, OSError) as exc:
+            health.problems.append(f"a Redis Cluster master does not answer: {describe(exc)}")
     beats = [b for b in await heartbeats(redis, settings) if consumer is None or b.get("consumer") == consumer]
     alive = [b for b in beats if now - float(b.get("at", 0)) <= settings.heartbeat_ttl]
     health.details["subscribers"] = [
