@@ -46,7 +46,7 @@ class RedisSettings(BaseSettings):
     #: With no REDIS_URL, start an embedded redis-server (data under ``data_dir``) instead of failing. The demo
     #: sets it for itself; nothing ever falls back to it silently.
     embedded_redis: bool = Field(default=False, validation_alias=_env("embedded_redis", "FRESHVIEWS_EMBEDDED_REDIS"))
-    #: The prefix of every Redis key and channel of the product (``fv:changes``, ``fv:v:{...}``, ...).
+    #: The prefix of every Redis key and channel of the product (``fv:{changes}``, ``fv:v:{...}``, ...).
     key_prefix: str = Field(default=DEFAULT_PREFIX, validation_alias=_env("key_prefix", "FRESHVIEWS_KEY_PREFIX"))
     #: Directory for local state (the embedded Redis, the demo's SQLite file).
     data_dir: Path = Field(default=Path(".data"), validation_alias=_env("data_dir", "FRESHVIEWS_DATA_DIR"))
