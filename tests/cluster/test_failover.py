@@ -17,18 +17,21 @@ import contextlib
 import time
 from typing import Any
 
+from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisClusterException, RedisError
 
 from freshviews.core.connections import create_redis
 from freshviews.core.keys import DATA, VERSION, Keys
 from freshviews.publish.publisher import Publisher
+from freshviews.serving.hub import UpdateHub
 from freshviews.worker.recompute import serialize
 from freshviews.worker.service import Subscriber
 from freshviews.worker.settings import SubscriberSettings
 from tests.support.helpers import BUSY_MARGIN, wait_until
 from tests.support.metrics import sample
 from tests.support.redis_servers import NODE_TIMEOUT_MS, StartClusterNodes
+from tests.support.serving import put
 from tests.support.world import item_change, registry, seeded_world
 
 #: Items, so that their keys land on every master.
@@ -152,3 +155,63 @@ async def _empty(stale: Any) -> bool:
         return not await stale()
     except (RedisError, RedisClusterException, OSError):
         return False
+
+
+async def _subscribed_node(ports: list[int], channel: str) -> int | None:
+    for port in ports:
+        client = Redis(port=port)
+        try:
+            [(_, count)] = await client.pubsub_numsub(channel)
+        except (RedisError, OSError):
+            continue
+        finally:
+            await client.aclose()
+        if int(count):
+            return port
+    return None
+
+
+async def test_the_node_of_the_update_subscription_killed_the_hub_resubscribes_and_resyncs(
+    start_cluster_nodes: StartClusterNodes, keys: Keys
+) -> None:
+    nodes = start_cluster_nodes(6, node_timeout_ms=NODE_TIMEOUT_MS)
+    await nodes.form(replicas=1)
+    url = nodes.cluster_url()
+    client = create_redis(url)
+    writer = RedisCluster.from_url(url.replace("+cluster", "", 1))
+    hub = UpdateHub(client, keys, read_timeout=1.0, backoff_max=0.5)
+    task = asyncio.create_task(hub.run())
+    try:
+        await writer.initialize()
+        assert await hub.wait_connected(10)
+        port = await _subscribed_node(nodes.alive(), keys.updates_channel)
+        assert port is not None
+        # A key on another master: its write succeeds while the subscription's node is dead.
+        key = next(
+            f"item/{n}" for n in range(1, 100) if int(writer.get_node_from_key(keys.value(f"item/{n}")).port) != port
+        )
+        with hub.watch([key]) as box:
+            nodes.kill(port)
+            killed = time.monotonic()
+            await wait_until(lambda: not hub.connected, timeout=5, message="the hub never noticed")
+            # Its notification reaches nobody: the resync after resubscribing delivers it.
+            lost = await put(writer, keys, key, {"n": 1})
+            await wait_until(lambda: hub.connected, timeout=FAILOVER_WITHIN, message=hub.health)
+            async with asyncio.timeout(2 + BUSY_MARGIN):
+                while (snapshot := (await box.take())[-1]).version < lost:
+                    pass
+            assert snapshot.data == b'{"n": 1}'
+            resubscribed = time.monotonic() - killed
+            # And notifications flow again, on the node the hub subscribed on now.
+            after = await put(writer, keys, key, {"n": 2})
+            async with asyncio.timeout(2 + BUSY_MARGIN):
+                while (snapshot := (await box.take())[-1]).version < after:
+                    pass
+            assert await _subscribed_node(nodes.alive(), keys.updates_channel) not in (None, port)
+        print(f"resubscribed and resynced {resubscribed:.2f}s after the kill")
+    finally:
+        hub.stop()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        for redis in (client, writer):
+            await redis.aclose()

@@ -225,12 +225,18 @@ class UpdateHub:
 
     async def _listen(self) -> None:
         if is_cluster(self._redis):
-            # A cluster client learns the slots on its first command; its pub/sub needs them before its first.
+            # A cluster client learns the slots on its first command, and learns of a failover only when a command
+            # fails; its pub/sub needs the map and never refreshes it. So one keyed command in the channel's slot
+            # first (nothing is named like the channel): it fails over to the slot's new master with the map
+            # refreshed, and the subscription follows it there instead of retrying a dead node for ever.
             await self._redis.initialize()
+            await self._redis.exists(self._keys.updates_channel)
         pubsub = self._redis.pubsub()
         try:
             await pubsub.subscribe(self._keys.updates_channel)
-            pinged = time.monotonic()
+            # The confirmation is due within the silence allowed from now, whatever was heard before the outage
+            # (else a subscription made after a long one would be given up before its confirmation is read).
+            pinged = self._heard = time.monotonic()
             while not self._closed:
                 # A quiet channel and a dead link look the same from here: ping, and expect to hear back.
                 now = time.monotonic()
