@@ -62,6 +62,20 @@ async def test_a_ticket_for_a_key_never_written_caches_nothing(redis: Redis, key
     assert await store.is_empty()
 
 
+async def test_an_issued_ticket_is_kept_only_while_it_is_above_the_fence(redis: Redis, keys: Keys) -> None:
+    store = CacheStore(redis, keys)
+    [older] = await store.tickets([KEY])
+    [newer] = await store.tickets([KEY])
+    # The older write lands first: the newer ticket is still out, and must still count.
+    assert await store.write([PendingWrite(KEY, older, b"1")]) == [WriteOutcome.WRITTEN]
+    assert await redis.get(keys.issued(KEY)) == str(newer).encode()
+    assert await store.write([PendingWrite(KEY, newer, b"2")]) == [WriteOutcome.WRITTEN]
+    # The fence holds it now: nothing more to keep for the key.
+    assert await redis.exists(keys.issued(KEY)) == 0
+    [after] = await store.tickets([KEY])
+    assert after > newer
+
+
 async def test_tickets_increase_across_writes(redis: Redis, keys: Keys) -> None:
     store = CacheStore(redis, keys)
     seen: list[int] = []

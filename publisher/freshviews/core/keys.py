@@ -12,8 +12,8 @@ Layout (``<p>`` is the configurable prefix, ``fv`` by default)::
                                          f=fence (the ticket of the newest recompute applied), n=1 on a
                                          negative entry (a key that never held a value, short-lived)
     <p>:t:{<view key>}          string   the highest ticket issued for a view key (by the ticket script, on the
-                                         key's own node), with a TTL: no ticket goes below it, whatever the
-                                         clock of the node that issues the next
+                                         key's own node) while it is above the fence, with a TTL: no ticket
+                                         goes below it, whatever the clock of the node that issues the next
     <p>:fail:{<view key>}       hash     a key whose recompute for readers keeps failing: a=attempts, r=when the next
                                          may run (ms, Redis clock), e=the reason; with a TTL (backoff + its max)
     <p>:hb:<consumer>           string   subscriber liveness heartbeat (JSON, with a TTL), read by `freshviews check`
@@ -142,7 +142,10 @@ class Keys:
                 value,
                 self.issued(view_key),
             ),
-            "the fenced write (worker/store.py, script)": (value,),
+            "the fenced write: the issued ticket dropped once the fence reaches it (worker/store.py, script)": (
+                value,
+                self.issued(view_key),
+            ),
             "a negative entry evicted (worker/store.py, script)": (value,),
             "the misses recorded (worker/store.py, script)": (self.misses,),
             "the sweep lease (worker/lease.py, scripts)": (self.sweep_lock,),

@@ -45,17 +45,25 @@ end
 redis.call('SET', KEYS[2], string.format('%d', ticket), 'PX', tonumber(ARGV[1]))
 return ticket
 """
-# KEYS[1]: the view's hash.  ARGV: ticket, digest ("-" for a tombstone), data, channel, view key, tombstone ttl,
-# negative ttl. Returns 1 written, 2 written as a negative entry, 0 unchanged (the fence still advances), -1 fenced
-# (a newer recompute already landed).
+# KEYS[1]: the view's hash, KEYS[2]: its issued ticket.  ARGV: ticket, digest ("-" for a tombstone), data,
+# channel, view key, tombstone ttl, negative ttl. Returns 1 written, 2 written as a negative entry, 0 unchanged
+# (the fence still advances), -1 fenced (a newer recompute already landed).
 #
 # "Not found" for a key that never held a value is a negative entry: a tombstone marked 'n' that lasts only the
 # negative ttl. A real deletion (the key held a value) keeps the long tombstone, whose fence keeps an older
 # recompute from resurrecting the row (invariant 4); a negative entry fences nothing that ever was.
+#
+# KEYS[2]: the key's issued ticket. Once the fence reaches it, the fence alone keeps every later ticket above it,
+# so it is deleted: an issued ticket is kept only while a higher one than the fence is out (a recompute in flight,
+# or one that failed), and a flood of keys that are each computed once leaves nothing behind but what the
+# negative entries' cap bounds.
 _WRITE_LUA = """
 local fence = tonumber(redis.call('HGET', KEYS[1], 'f') or '0')
 if tonumber(ARGV[1]) <= fence then
   return -1
+end
+if tonumber(ARGV[1]) >= tonumber(redis.call('GET', KEYS[2]) or '0') then
+  redis.call('DEL', KEYS[2])
 end
 local current = redis.call('HGET', KEYS[1], 'h')
 if current == ARGV[2] then
@@ -112,8 +120,9 @@ return 0
 
 #: What the write script returns for a "not found" kept as a negative entry (a WRITTEN outcome to callers).
 NEGATIVE_WRITE = 2
-#: How long a key's highest issued ticket is kept after its last ticket: far longer than any recompute (and a
-#: failover), so that every ticket that could still be written counts; after it, the fence alone bounds the next.
+#: How long a key's highest issued ticket is kept after its last ticket, unless a write reaches it first: far
+#: longer than any recompute (and a failover), so that every ticket that could still be written counts; after
+#: it, the fence alone bounds the next.
 ISSUED_TTL_MS = 600_000
 
 
@@ -199,7 +208,7 @@ class CacheStore:
                     args = [w.ticket, TOMBSTONE, b"", self._keys.updates_channel, w.key, self._tombstone_ttl]
                 else:
                     args = [w.ticket, digest(w.data), w.data, self._keys.updates_channel, w.key, 0]
-                await queue_script(pipe, self._write, [self._keys.value(w.key)], [*args, self._negative_ttl])
+                await queue_script(pipe, self._write, self._ticket_keys(w.key), [*args, self._negative_ttl])
             replies = await pipe.execute()
         negatives = [w.key for w, reply in zip(writes, replies, strict=True) if int(reply) == NEGATIVE_WRITE]
         if negatives:
