@@ -65,7 +65,7 @@ def test_demo_runs_the_stack_for_its_duration_and_stops_it(tmp_path: Path, redis
     assert f"http://127.0.0.1:{port}/cache/leaderboard/eu" in result.stdout
     assert "simulator done" in result.stderr
     with Redis.from_url(redis_url) as redis:
-        assert redis.xlen("fv:changes") >= 20
+        assert redis.xlen("fv:{changes}") >= 20
         # The subscriber kept the cache: the stats view is there, as the sweep or the changes left it.
         assert redis.exists("fv:v:{stats/global}")
     with pytest.raises(httpx.ConnectError):

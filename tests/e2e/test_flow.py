@@ -69,12 +69,12 @@ async def _player_in_a_team(client: httpx.AsyncClient) -> int:
 async def _drained(redis: Redis) -> bool:
     """Every change in the log delivered to the group and acknowledged."""
     try:
-        groups = await redis.xinfo_groups("fv:changes")
+        groups = await redis.xinfo_groups("fv:{changes}")
     except ResponseError:  # no stream yet (Redis restarted empty)
         return False
     if not groups:
         return False
-    last = await redis.xrevrange("fv:changes", count=1)
+    last = await redis.xrevrange("fv:{changes}", count=1)
     return bool(groups[0]["pending"] == 0 and (not last or groups[0]["last-delivered-id"] == last[0][0]))
 
 
@@ -137,7 +137,7 @@ async def test_a_burst_while_the_subscriber_is_down_costs_one_recompute_per_key(
         for start in range(0, 200, 50):
             writes = [client.post("/api/scores", json={"player_id": 3, "points": 1}) for _ in range(start, start + 50)]
             assert {r.status_code for r in await asyncio.gather(*writes)} == {201}
-        assert await redis.xlen("fv:changes") >= 200
+        assert await redis.xlen("fv:{changes}") >= 200
         stack.start_subscriber("sub-2")
         await wait_until(lambda: _drained(redis), timeout=30, message=f"backlog not consumed\n{stack.logs()}")
         # The new process's counters start at zero: each view the player's scores touch was recomputed once.
@@ -230,16 +230,16 @@ async def test_poison_is_dead_lettered_and_healthy_changes_keep_flowing(stack: S
         {"x": b"no change field"},
     ]
     # A change no view depends on is not poison: acknowledged, never dead-lettered.
-    await redis.xadd("fv:changes", {"c": b'{"s": 2, "e": "weather", "i": "1", "o": "u", "t": 0}'})
+    await redis.xadd("fv:{changes}", {"c": b'{"s": 2, "e": "weather", "i": "1", "o": "u", "t": 0}'})
     for fields in poison:
-        await redis.xadd("fv:changes", fields)
+        await redis.xadd("fv:{changes}", fields)
     async with httpx.AsyncClient(base_url=stack.base_url, timeout=10) as client:
         started = time.monotonic()
         assert (await client.patch("/api/teams/2", json={"name": "After the poison"})).status_code == 200
         elapsed = await _fresh(client, ["team/2"], since=started, stack=stack)
         assert elapsed < FRESH_WITHIN
     await wait_until(lambda: _drained(redis), timeout=10, message="poison left pending")
-    letters = cast("list[tuple[bytes, dict[bytes, bytes]]]", await redis.xrange("fv:dead"))
+    letters = cast("list[tuple[bytes, dict[bytes, bytes]]]", await redis.xrange("fv:{changes}:dead"))
     assert len(letters) == len(poison)
     kinds = sorted(fields[b"kind"].decode() for _, fields in letters)
     assert kinds == ["decode", "decode", "decode"]

@@ -342,11 +342,11 @@ def test_redis_conf_is_accepted_by_redis_and_never_evicts(redis_server_executabl
         assert b"noeviction" in _redis(port, "CONFIG", "GET", "maxmemory-policy")
         assert _redis(port, "CONFIG", "GET", "appendonly").endswith(b"$3\r\nyes\r\n")
         assert b"everysec" in _redis(port, "CONFIG", "GET", "appendfsync")
-        assert _redis(port, "XADD", "fv:changes", "*", "change", "x").startswith(b"$")
+        assert _redis(port, "XADD", "fv:{changes}", "*", "change", "x").startswith(b"$")
         # Full: a write is refused, and the change log is still all there.
         assert _redis(port, "CONFIG", "SET", "maxmemory", "1").startswith(b"+OK")
         assert _redis(port, "SET", "fv:filler", "x" * 1000).startswith(b"-OOM")
-        assert _redis(port, "XLEN", "fv:changes") == b":1\r\n"
+        assert _redis(port, "XLEN", "fv:{changes}") == b":1\r\n"
         assert any(p.name.startswith("appendonly") for p in tmp_path.iterdir()), "no AOF written"
     finally:
         server.terminate()

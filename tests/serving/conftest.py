@@ -11,12 +11,12 @@ import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
-from redis.asyncio import Redis
 
 from freshviews.core.keys import Keys
 from freshviews.serving import ServingSettings
 from freshviews.worker.service import Subscriber
 from freshviews.worker.settings import SubscriberSettings
+from tests.support.redis_servers import client_for
 from tests.support.serving import FAST, OpenClient, StartSubscriber, build_app
 from tests.support.world import World, seeded_world, serving_registry
 
@@ -52,7 +52,7 @@ def start_subscriber(stack: AsyncExitStack, redis_url: str, keys: Keys, world: W
     """Run a real subscriber (all its loops) on the session Redis for ``world``; stopped at the end of the test."""
 
     async def start(**overrides: Any) -> Subscriber[Any]:
-        client = Redis.from_url(redis_url)
+        client = client_for(redis_url)
         options: dict[str, Any] = {
             "redis_url": redis_url,
             "consumer": "serving-tests",

@@ -9,8 +9,10 @@ from collections.abc import AsyncIterator
 import pytest
 from redis.asyncio import Redis
 
+from freshviews.core.connections import create_redis
+from freshviews.core.embedded import EmbeddedRedis
 from freshviews.core.keys import Keys
-from freshviews.serving.hub import Mailbox, UpdateHub
+from freshviews.serving.hub import PING_EVERY, Mailbox, UpdateHub
 from freshviews.serving.snapshots import Snapshot
 from tests.support.helpers import wait_until
 from tests.support.serving import put
@@ -52,6 +54,28 @@ async def test_values_written_while_not_subscribed_are_delivered_on_subscribing(
             async with asyncio.timeout(5):
                 (snapshot,) = await box.take()
     assert snapshot == Snapshot("item/1", version, b'{"n": 1}', version)
+
+
+async def test_the_subscription_comes_back_after_redis_was_away_longer_than_it_may_stay_silent(
+    redis_url: str, redis_server: EmbeddedRedis, keys: Keys
+) -> None:
+    client = create_redis(redis_url, timeout=1.0)
+    hub = UpdateHub(client, keys, read_timeout=1.0, backoff_max=0.2)
+    try:
+        async with hub_running(hub):
+            redis_server.kill()
+            await wait_until(lambda: not hub.connected, 5, message="the hub never noticed")
+            # The outage's length is what is tested: longer than the silence a subscription is allowed.
+            await asyncio.sleep(PING_EVERY * 3 + 1.0 + 0.5)
+            redis_server.restart(wipe=True)
+            assert await hub.wait_connected(5), hub.health()
+            with hub.watch(["item/1"]) as box:
+                version = await put(client, keys, "item/1", {"n": 1})
+                async with asyncio.timeout(5):
+                    (snapshot,) = await box.take()
+            assert snapshot.version == version
+    finally:
+        await client.aclose()
 
 
 async def test_health_tells_why_and_for_how_long_the_subscription_is_down(keys: Keys) -> None:

@@ -6,6 +6,8 @@ stopped at the end. The fixtures are a pytest plugin (``pytest_plugins`` in test
 
 from __future__ import annotations
 
+import asyncio
+import signal
 import socket
 import subprocess
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -14,9 +16,12 @@ from typing import Any
 
 import pytest
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
+from freshviews.core.clients import RedisClient
 from freshviews.core.embedded import EmbeddedRedis, ping
+from freshviews.core.settings import CLUSTER_SCHEMES
 from tests.support.helpers import free_port, redis_executable, wait_until
 
 #: Hash slots of a Redis Cluster.
@@ -67,6 +72,13 @@ def redis_url(redis_server: EmbeddedRedis) -> str:
     return redis_server.url
 
 
+def client_for(url: str) -> RedisClient:
+    """A plain asyncio client (redis-py's defaults) for ``url``: a cluster client for ``redis+cluster://``."""
+    if url.startswith(CLUSTER_SCHEMES):
+        return RedisCluster.from_url(url.replace("+cluster", "", 1))
+    return Redis.from_url(url)
+
+
 @pytest.fixture
 async def redis(redis_url: str) -> AsyncIterator[Redis]:
     """An asyncio client for the clean session Redis."""
@@ -108,23 +120,62 @@ class ClusterNodes:
     needs an odd shape (a node owning no slot) joins them itself.
     """
 
-    def __init__(self, executable: str, directory: Path, count: int) -> None:
+    def __init__(self, executable: str, directory: Path, count: int, *, node_timeout_ms: int = 3000) -> None:
         if count < 1:
             raise ValueError("a cluster needs at least one node")
         self.executable = executable
         self.directory = directory
+        self.node_timeout_ms = node_timeout_ms
         self.ports = [cluster_port() for _ in range(count)]
         self._servers: list[subprocess.Popen[bytes]] = []
 
     def urls(self) -> list[str]:
         return [f"redis://127.0.0.1:{port}/0" for port in self.ports]
 
+    def cluster_url(self) -> str:
+        """The product's URL for the whole cluster (any node of it: the client finds the rest)."""
+        return f"redis+cluster://127.0.0.1:{self.ports[0]}"
+
+    def kill(self, port: int) -> None:
+        """SIGKILL the node on ``port`` (by its pid) and reap it."""
+        server = self._servers[self.ports.index(port)]
+        server.send_signal(signal.SIGKILL)
+        server.wait(10)
+
+    def alive(self) -> list[int]:
+        return [port for port, server in zip(self.ports, self._servers, strict=True) if server.poll() is None]
+
+    async def masters(self) -> list[int]:
+        """Ports of the live nodes that say they are masters owning slots."""
+        found = []
+        for port in self.alive():
+            client = Redis(port=port)
+            try:
+                info = await client.execute_command("INFO", "replication")
+                slots = int((await client.execute_command("CLUSTER INFO"))["cluster_slots_assigned"])
+            finally:
+                await client.aclose()
+            if info.get("role") == "master" and slots:
+                found.append(port)
+        return found
+
+    async def flush(self) -> None:
+        """Empty every master (replicas follow): a clean cluster for the next test."""
+        for port in await self.masters():
+            client = Redis(port=port)
+            try:
+                await client.flushall()
+            except RedisError:
+                pass  # a node that holds no slot any more (a failed-over master come back) refuses nothing here
+            finally:
+                await client.aclose()
+
     def start(self) -> ClusterNodes:
         self.directory.mkdir(parents=True, exist_ok=True)
         options = ["--bind", "127.0.0.1", "--dir", str(self.directory), "--save", "", "--appendonly", "no"]
-        # A node timeout of 3 s rather than 15: gossip reaches every node sooner (each is pinged at least every
-        # timeout / 2), and a node on a loaded machine still answers well within it (no failover by accident).
-        options += ["--cluster-enabled", "yes", "--cluster-node-timeout", "3000"]
+        # A node timeout of 3 s rather than 15 by default: gossip reaches every node sooner (each is pinged at least
+        # every timeout / 2), and a node on a loaded machine still answers well within it (no failover by accident).
+        options += ["--cluster-enabled", "yes", "--cluster-node-timeout", str(self.node_timeout_ms)]
         for port in self.ports:
             config = ["--cluster-config-file", f"nodes-{port}.conf"]
             self._servers.append(
@@ -138,7 +189,8 @@ class ClusterNodes:
 
     def stop(self) -> None:
         for server in self._servers:
-            server.terminate()
+            if server.poll() is None:
+                server.terminate()
         for server in self._servers:
             server.wait(10)
         self._servers.clear()
@@ -199,8 +251,27 @@ def _replicas(view: dict[str, dict[str, Any]]) -> int:
     return sum(1 for node in view.values() if "slave" in node["flags"])
 
 
-#: ``start_cluster_nodes(count)`` (fixture): that many cluster nodes, not yet joined, stopped after the test.
-StartClusterNodes = Callable[[int], ClusterNodes]
+#: ``start_cluster_nodes(count, node_timeout_ms=3000)`` (fixture): that many cluster nodes, not yet joined,
+#: stopped after the test.
+StartClusterNodes = Callable[..., ClusterNodes]
+#: The node timeout of the clusters the product's tests run on: a dead master is failed over within a few
+#: seconds of it (detected after the timeout, then an election), and a busy machine still answers within it.
+NODE_TIMEOUT_MS = 1000
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(redis_server_executable: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterNodes]:
+    """One Redis Cluster for the session: 3 masters and 3 replicas on free ports, node timeout 1 s; its nodes are
+    stopped by pid at the end. Tests that kill nodes start a cluster of their own (:func:`start_cluster_nodes`)."""
+    directory = tmp_path_factory.mktemp("cluster")
+    nodes = ClusterNodes(redis_server_executable, directory, 6, node_timeout_ms=NODE_TIMEOUT_MS)
+    nodes.start()
+    try:
+        # Its own event loop: the session's fixture outlives every test's loop.
+        asyncio.run(nodes.form(replicas=1))
+        yield nodes
+    finally:
+        nodes.stop()
 
 
 @pytest.fixture
@@ -210,8 +281,9 @@ def start_cluster_nodes(redis_server_executable: str, tmp_path: Path) -> Iterato
     for 3 masters and 3 replicas); every node is stopped at the end of the test."""
     started: list[ClusterNodes] = []
 
-    def start(count: int) -> ClusterNodes:
-        nodes = ClusterNodes(redis_server_executable, tmp_path / f"cluster-{len(started)}", count)
+    def start(count: int, *, node_timeout_ms: int = 3000) -> ClusterNodes:
+        directory = tmp_path / f"cluster-{len(started)}"
+        nodes = ClusterNodes(redis_server_executable, directory, count, node_timeout_ms=node_timeout_ms)
         started.append(nodes)
         return nodes.start()
 

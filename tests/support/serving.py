@@ -13,8 +13,8 @@ from typing import Any
 import httpx
 import uvicorn
 from fastapi import FastAPI
-from redis.asyncio import Redis
 
+from freshviews.core.clients import RedisClient
 from freshviews.core.connections import create_redis
 from freshviews.core.keys import Keys
 from freshviews.core.views import Registry
@@ -110,7 +110,7 @@ async def live_server(app: FastAPI, settings: ServingSettings | None = None) -> 
         sock.close()
 
 
-async def put(redis: Redis, keys: Keys, key: str, value: Any | bytes | None) -> int:
+async def put(redis: RedisClient, keys: Keys, key: str, value: Any | bytes | None) -> int:
     """Write ``value`` (JSON-able, raw bytes, or None for a tombstone) the way the subscriber does; its version."""
     store = CacheStore(redis, keys)
     (ticket,) = await store.tickets([key])

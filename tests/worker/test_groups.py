@@ -179,7 +179,7 @@ async def _blocked(redis: Redis) -> bool:
 
 
 def test_group_gone_knows_the_error_codes() -> None:
-    assert group_gone(ResponseError("NOGROUP No such key 'fv:changes' or consumer group 'g' in XREADGROUP"))
+    assert group_gone(ResponseError("NOGROUP No such key 'fv:{changes}' or consumer group 'g' in XREADGROUP"))
     assert group_gone(ResponseError("UNBLOCKED the stream key no longer exists"))
     assert not group_gone(ResponseError("BUSYGROUP Consumer Group name already exists"))
     assert not group_gone(ResponseError("ERR no such key"))

@@ -11,7 +11,7 @@ from redis.asyncio import Redis
 from freshviews.core.keys import DATA, DIGEST, FENCE, TOMBSTONE, VERSION, Keys
 from freshviews.publish.publisher import Publisher
 from freshviews.worker.recompute import Recomputer
-from freshviews.worker.store import CacheStore, PendingWrite, WriteOutcome, digest
+from freshviews.worker.store import ISSUED_TTL_MS, CacheStore, PendingWrite, WriteOutcome, digest
 from tests.support.helpers import wait_until
 from tests.support.world import World, item_change, registry
 from tests.worker.helpers import MakeSubscriber, cached
@@ -38,6 +38,42 @@ async def test_tickets_come_from_the_redis_clock_and_pass_the_fence(redis: Redis
     [fenced, other] = await store.tickets([KEY, "item/2"])
     assert fenced == future + 1
     assert other < future
+
+
+async def test_a_ticket_is_never_below_one_issued_before_whatever_the_clock_says(redis: Redis, keys: Keys) -> None:
+    # What a failover onto a node whose clock is an hour behind looks like to the key: the tickets the old
+    # master issued are ahead of this clock, and none was written yet (the fence is below them).
+    store = CacheStore(redis, keys)
+    ahead = await _redis_now_us(redis) + 3_600_000_000
+    await redis.set(keys.issued(KEY), ahead)
+    await redis.hset(keys.value(KEY), FENCE, 5)
+    first, second = (await store.tickets([KEY]))[0], (await store.tickets([KEY]))[0]
+    assert (first, second) == (ahead + 1, ahead + 2)
+    assert await redis.get(keys.issued(KEY)) == str(ahead + 2).encode()
+    assert (await store.stored(KEY)).ticket == ahead + 3
+    assert 0 < await redis.pttl(keys.issued(KEY)) <= ISSUED_TTL_MS
+
+
+async def test_a_ticket_for_a_key_never_written_caches_nothing(redis: Redis, keys: Keys) -> None:
+    store = CacheStore(redis, keys)
+    [ticket] = await store.tickets([KEY])
+    assert await redis.get(keys.issued(KEY)) == str(ticket).encode()
+    assert await redis.exists(keys.value(KEY)) == 0
+    assert await store.is_empty()
+
+
+async def test_an_issued_ticket_is_kept_only_while_it_is_above_the_fence(redis: Redis, keys: Keys) -> None:
+    store = CacheStore(redis, keys)
+    [older] = await store.tickets([KEY])
+    [newer] = await store.tickets([KEY])
+    # The older write lands first: the newer ticket is still out, and must still count.
+    assert await store.write([PendingWrite(KEY, older, b"1")]) == [WriteOutcome.WRITTEN]
+    assert await redis.get(keys.issued(KEY)) == str(newer).encode()
+    assert await store.write([PendingWrite(KEY, newer, b"2")]) == [WriteOutcome.WRITTEN]
+    # The fence holds it now: nothing more to keep for the key.
+    assert await redis.exists(keys.issued(KEY)) == 0
+    [after] = await store.tickets([KEY])
+    assert after > newer
 
 
 async def test_tickets_increase_across_writes(redis: Redis, keys: Keys) -> None:

@@ -13,12 +13,12 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from freshviews.core.clients import RedisClient, primaries
 from freshviews.core.connections import check_redis, create_redis, redis_url, where
 from freshviews.core.keys import Keys
 from freshviews.core.settings import load
@@ -98,7 +98,8 @@ def create_app(settings: AppSettings | None = None) -> FastAPI:
         healthy = all(value == "ok" for value in checks.values())
         # What the subscriber measured, for operators and the dashboard: never a reason to fail the check.
         sampler = await _sampler(request.state.redis, request.state.keys) if checks.get("redis") == "ok" else None
-        details = {"sampler": sampler}
+        # Which masters the check reached (one for a single Redis; every primary of a cluster).
+        details = {"sampler": sampler, "redis_primaries": primaries(request.state.redis)}
         return JSONResponse(
             {"status": "ok" if healthy else "unavailable", **checks, "details": details},
             status_code=200 if healthy else 503,
@@ -131,13 +132,13 @@ def _not_ready(reason: str) -> JSONResponse:
     )
 
 
-async def _sampler(redis: Redis, keys: Keys) -> dict[str, Any] | None:
+async def _sampler(redis: RedisClient, keys: Keys) -> dict[str, Any] | None:
     """The subscriber's consistency sampler summary (``freshviews.worker.sampler``), None if none or unreadable."""
     try:
         async with asyncio.timeout(HEALTH_TIMEOUT):
             raw = await redis.get(keys.sampler)
         summary = json.loads(raw) if raw is not None else None
-    except (RedisError, OSError, TimeoutError, ValueError):
+    except (RedisError, RedisClusterException, OSError, TimeoutError, ValueError):
         return None  # the Redis checks above report Redis itself
     return summary if isinstance(summary, dict) else None
 

@@ -17,9 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
-
+from freshviews.core.clients import AnyPipeline, RedisClient, queue_time
 from freshviews.core.keys import FAILURE_ATTEMPTS, FAILURE_REASON, FAILURE_RETRY_AT, Keys
 
 
@@ -38,10 +36,10 @@ class Failure:
         return max(1, math.ceil(self.remaining))
 
 
-def queue_failure_reads(pipe: Pipeline, keys: Keys, view_keys: Sequence[str]) -> int:
-    """Add the reads of ``view_keys``' failure states (and Redis's clock) to ``pipe``; the number of replies
-    :func:`failures_of` takes from the pipeline's results."""
-    pipe.time()
+def queue_failure_reads(pipe: AnyPipeline, keys: Keys, view_keys: Sequence[str]) -> int:
+    """Add the reads of ``view_keys``' failure states (and Redis's clock: on a cluster, the first key's node's)
+    to ``pipe``; the number of replies :func:`failures_of` takes from the pipeline's results."""
+    queue_time(pipe, keys.failure(view_keys[0]) if view_keys else keys.misses)
     for key in view_keys:
         pipe.hmget(keys.failure(key), [FAILURE_ATTEMPTS, FAILURE_RETRY_AT, FAILURE_REASON])
     return 1 + len(view_keys)
@@ -61,7 +59,7 @@ def failures_of(view_keys: Sequence[str], replies: Sequence[Any]) -> dict[str, F
     return found
 
 
-async def read_failures(redis: Redis, keys: Keys, view_keys: Sequence[str]) -> dict[str, Failure]:
+async def read_failures(redis: RedisClient, keys: Keys, view_keys: Sequence[str]) -> dict[str, Failure]:
     """:func:`failures_of` ``view_keys``, in one round trip whatever the count."""
     if not view_keys:
         return {}

@@ -26,10 +26,10 @@ from contextlib import contextmanager
 from typing import Any, Protocol
 
 from prometheus_client import Counter
-from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
+from freshviews.core.clients import RedisClient, is_cluster
 from freshviews.core.keys import Keys
 from freshviews.serving.snapshots import Snapshot, read_snapshots
 
@@ -92,7 +92,7 @@ class UpdateHub:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         keys: Keys,
         *,
         read_timeout: float,
@@ -209,7 +209,7 @@ class UpdateHub:
             subscriptions = self._subscriptions
             try:
                 await self._listen()
-            except (RedisError, OSError) as exc:
+            except (RedisError, RedisClusterException, OSError) as exc:
                 HUB_ERRORS.labels("redis").inc()
                 self._mark_down(f"{type(exc).__name__}: {exc}")
                 logger.warning("update subscription lost (%s: %s); retrying in %.1fs", type(exc).__name__, exc, delay)
@@ -224,10 +224,19 @@ class UpdateHub:
             delay = min(delay * 2, self._backoff_max)
 
     async def _listen(self) -> None:
+        if is_cluster(self._redis):
+            # A cluster client learns the slots on its first command, and learns of a failover only when a command
+            # fails; its pub/sub needs the map and never refreshes it. So one keyed command in the channel's slot
+            # first (nothing is named like the channel): it fails over to the slot's new master with the map
+            # refreshed, and the subscription follows it there instead of retrying a dead node for ever.
+            await self._redis.initialize()
+            await self._redis.exists(self._keys.updates_channel)
         pubsub = self._redis.pubsub()
         try:
             await pubsub.subscribe(self._keys.updates_channel)
-            pinged = time.monotonic()
+            # The confirmation is due within the silence allowed from now, whatever was heard before the outage
+            # (else a subscription made after a long one would be given up before its confirmation is read).
+            pinged = self._heard = time.monotonic()
             while not self._closed:
                 # A quiet channel and a dead link look the same from here: ping, and expect to hear back.
                 now = time.monotonic()

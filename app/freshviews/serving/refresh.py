@@ -16,8 +16,8 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 
 from prometheus_client import Counter
-from redis.asyncio import Redis
 
+from freshviews.core.clients import RedisClient
 from freshviews.core.keys import REFRESH_KEY, Keys
 from freshviews.serving.failures import Failure, FailureMemo, failures_of, queue_failure_reads, read_failures
 from freshviews.serving.flights import Flight, Flights
@@ -38,7 +38,7 @@ class Refresher:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         keys: Keys,
         hub: UpdateHub,
         *,

@@ -34,9 +34,10 @@ from typing import Literal, overload
 
 from fastapi import Request
 from fastapi.responses import Response
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
+from freshviews.core.clients import RedisClient, is_cluster, ping_every_primary
+from freshviews.core.clients import pool_size as connection_pool_size
 from freshviews.core.logs import ensure_handler
 from freshviews.core.views import ViewKey
 from freshviews.serving.answers import answer_of, error, etag_matches, etag_of, not_modified
@@ -77,11 +78,11 @@ class Serving:
     it; leaving stops it and cancels the reads and refreshes in flight.
     """
 
-    def __init__(self, *, redis: Redis, settings: ServingSettings) -> None:
+    def __init__(self, *, redis: RedisClient, settings: ServingSettings) -> None:
         """``redis`` is the app's client (its pool also serves the update subscription); ``settings`` names the
         keys (``FRESHVIEWS_KEY_PREFIX``) and the read side's limits."""
         keys = settings.keys
-        pool_size = redis.connection_pool.max_connections
+        pool_size = connection_pool_size(redis)
         if settings.cache_redis_concurrency >= pool_size:
             raise ValueError(
                 f"cache_redis_concurrency ({settings.cache_redis_concurrency}) must be below the Redis client's "
@@ -136,7 +137,7 @@ class Serving:
         try:
             async with asyncio.timeout(self.settings.cache_redis_timeout), self._redis_slots:
                 yield
-        except (RedisError, OSError) as exc:  # TimeoutError is an OSError
+        except (RedisError, RedisClusterException, OSError) as exc:  # TimeoutError is an OSError
             raise CacheUnavailableError(f"cache unavailable: {type(exc).__name__}") from exc
 
     async def read(self, view_keys: Sequence[str], *, wait: bool = True, copies: bool = True) -> list[Snapshot | None]:
@@ -231,12 +232,14 @@ class Serving:
 
     async def health(self) -> dict[str, str]:
         """``{"redis": ..., "updates": ...}``, each ``ok`` or ``error: <why>``: a keyed read through the read
-        deadline (a Redis that answers PING but fails reads, such as a Cluster node answering MOVED, fails it),
-        and the state of the update subscription."""
+        deadline (a Redis that answers PING but fails reads, such as a Cluster node answering MOVED, fails it)
+        and, on a cluster, a PING of every master, and the state of the update subscription."""
         redis = "ok"
         try:
             async with self.deadline():
                 await read_snapshots(self.redis, self.keys, HEALTH_PROBES)
+                if is_cluster(self.redis):
+                    await ping_every_primary(self.redis)
         except CacheUnavailableError as exc:
             cause = exc.__cause__
             redis = f"error: {exc}: {cause}"[:300] if cause is not None and str(cause) else f"error: {exc}"

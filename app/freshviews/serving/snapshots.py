@@ -9,8 +9,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-from redis.asyncio import Redis
-
+from freshviews.core.clients import RedisClient
 from freshviews.core.keys import DATA, DIGEST, FENCE, TOMBSTONE, VERSION, Keys
 
 
@@ -45,7 +44,7 @@ def _snapshot(key: str, reply: Sequence[bytes | None]) -> Snapshot | None:
     return Snapshot(key, version_int, data, fence_int)
 
 
-async def read_snapshots(redis: Redis, keys: Keys, view_keys: Sequence[str]) -> list[Snapshot | None]:
+async def read_snapshots(redis: RedisClient, keys: Keys, view_keys: Sequence[str]) -> list[Snapshot | None]:
     """The current snapshot of each key (None: not cached), in one round trip whatever the count."""
     if not view_keys:
         return []
@@ -56,7 +55,7 @@ async def read_snapshots(redis: Redis, keys: Keys, view_keys: Sequence[str]) -> 
     return [_snapshot(key, reply) for key, reply in zip(view_keys, replies, strict=True)]
 
 
-async def read_version(redis: Redis, keys: Keys, view_key: str) -> int | None:
+async def read_version(redis: RedisClient, keys: Keys, view_key: str) -> int | None:
     """The stored version of one key (None: not cached): a few bytes, however large the value."""
     version = await redis.hget(keys.value(view_key), VERSION)
     return None if version is None else int(version)

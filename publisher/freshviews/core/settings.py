@@ -11,14 +11,17 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from freshviews.core.keys import DEFAULT_PREFIX, Keys
 
+#: What a Redis URL of a Redis Cluster starts with: the same URL as for one node of it, with ``+cluster``.
+CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
 #: What a Redis URL may start with.
-REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://", *CLUSTER_SCHEMES)
 
 
 class ConfigError(ValueError):
@@ -35,13 +38,15 @@ class RedisSettings(BaseSettings):
 
     model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
 
-    #: ``redis://[user:password@]host:port/db``, ``rediss://`` for TLS, or ``unix:///path``. Required by the
-    #: production commands; see :func:`freshviews.core.connections.redis_url` for the one rule every process uses.
+    #: ``redis://[user:password@]host:port/db``, ``rediss://`` for TLS, or ``unix:///path``; for a Redis Cluster,
+    #: ``redis+cluster://host:port`` (``rediss+cluster://`` for TLS): any node of it, the client finds the rest.
+    #: Required by the production commands; see :func:`freshviews.core.connections.redis_url` for the one rule
+    #: every process uses.
     redis_url: str | None = Field(default=None, validation_alias=_env("redis_url", "REDIS_URL"))
     #: With no REDIS_URL, start an embedded redis-server (data under ``data_dir``) instead of failing. The demo
     #: sets it for itself; nothing ever falls back to it silently.
     embedded_redis: bool = Field(default=False, validation_alias=_env("embedded_redis", "FRESHVIEWS_EMBEDDED_REDIS"))
-    #: The prefix of every Redis key and channel of the product (``fv:changes``, ``fv:v:{...}``, ...).
+    #: The prefix of every Redis key and channel of the product (``fv:{changes}``, ``fv:v:{...}``, ...).
     key_prefix: str = Field(default=DEFAULT_PREFIX, validation_alias=_env("key_prefix", "FRESHVIEWS_KEY_PREFIX"))
     #: Directory for local state (the embedded Redis, the demo's SQLite file).
     data_dir: Path = Field(default=Path(".data"), validation_alias=_env("data_dir", "FRESHVIEWS_DATA_DIR"))
@@ -60,6 +65,8 @@ class RedisSettings(BaseSettings):
         value = value.strip()
         if not value.startswith(REDIS_SCHEMES):
             raise ValueError(f"must start with {', '.join(REDIS_SCHEMES)} (got {value.split(':', 1)[0]!r})")
+        if value.startswith(CLUSTER_SCHEMES) and urlsplit(value).path.strip("/") not in ("", "0"):
+            raise ValueError("a Redis Cluster has one database: drop the /db number, or make it /0")
         return value
 
     @field_validator("key_prefix")

@@ -16,10 +16,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from redis.asyncio import Redis
 from sqlalchemy import Table
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
+from freshviews.core.clients import RedisClient
 from freshviews.core.settings import RedisSettings
 from freshviews.core.views import Registry
 from freshviews.outbox.capture import Capture, track
@@ -44,7 +44,7 @@ async def capturing(
     sessions: async_sessionmaker[Any],
     registry: Registry[Any],
     *,
-    redis: Redis,
+    redis: RedisClient,
     settings: RedisSettings,
     table: Table | None = None,
     engine: AsyncEngine | None = None,

@@ -28,12 +28,12 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from prometheus_client import Counter, Gauge
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 from sqlalchemy import Table, delete, select, text
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from freshviews.core.clients import RedisClient
 from freshviews.core.connections import describe
 from freshviews.core.events import FIELD
 from freshviews.core.settings import RedisSettings
@@ -66,7 +66,7 @@ class Relay:
     def __init__(
         self,
         engine: AsyncEngine,
-        redis: Redis,
+        redis: RedisClient,
         settings: RedisSettings,
         *,
         table: Table | None = None,
@@ -234,7 +234,7 @@ class Relay:
             try:
                 await self._step(timed=time.monotonic() >= timed_at)
                 delay = 0.1
-            except (RedisError, DBAPIError, OperationalError, OSError) as exc:
+            except (RedisError, RedisClusterException, DBAPIError, OperationalError, OSError) as exc:
                 self._scan = True
                 RELAY_ERRORS.labels("redis" if isinstance(exc, RedisError) else "database").inc()
                 logger.warning("relay: %s; retrying in %.1fs", describe(exc), delay)

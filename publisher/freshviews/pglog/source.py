@@ -25,9 +25,9 @@ import time
 from collections.abc import Sequence
 
 import psycopg2
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
+from freshviews.core.clients import RedisClient
 from freshviews.core.connections import describe
 from freshviews.core.events import FIELD
 from freshviews.core.keys import Keys
@@ -56,7 +56,7 @@ class LogSource:
         self,
         *,
         url: str,
-        redis: Redis,
+        redis: RedisClient,
         keys: Keys,
         slot: str,
         publication: str,
@@ -175,7 +175,7 @@ class LogSource:
                     if tx.changes or tx.dead:
                         await pipe.execute()
                 break
-            except (RedisError, OSError) as exc:
+            except (RedisError, RedisClusterException, OSError) as exc:
                 metrics.ERRORS.labels("redis").inc()
                 logger.warning("log source: Redis failed (%s); again in %.1fs", describe(exc), delay)
                 if await self._sleep(delay):

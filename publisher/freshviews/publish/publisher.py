@@ -8,9 +8,9 @@ import time
 from collections.abc import Iterable
 
 from fastapi import Request
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
+from freshviews.core.clients import RedisClient
 from freshviews.core.events import FIELD, Change
 from freshviews.core.keys import Keys
 from freshviews.publish import metrics
@@ -28,7 +28,7 @@ class Publisher:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         keys: Keys,
         *,
         maxlen: int = 100_000,
@@ -61,7 +61,7 @@ class Publisher:
                         # Approximate trimming (~) is O(1) amortised; exact trimming would cost a scan.
                         pipe.xadd(self._keys.changes, {FIELD: change.encode()}, maxlen=self._maxlen, approximate=True)
                     ids = await pipe.execute()
-        except (RedisError, OSError, TimeoutError) as exc:
+        except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
             reason = "timeout" if isinstance(exc, TimeoutError) else type(exc).__name__
             for change in batch:
                 metrics.CHANGES_PUBLISH_FAILED.labels(change.entity, reason).inc()

@@ -25,8 +25,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from redis.asyncio import Redis
+from redis.exceptions import RedisClusterException, RedisError
 
+from freshviews.core.clients import RedisClient, is_cluster, ping_every_primary, primaries
+from freshviews.core.connections import describe
 from freshviews.worker.settings import SubscriberSettings
 
 #: Beyond twice the interval, the time a sweep may itself take before it counts as late, seconds.
@@ -48,12 +50,14 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-async def heartbeats(redis: Redis, settings: SubscriberSettings) -> list[dict[str, Any]]:
+async def heartbeats(redis: RedisClient, settings: SubscriberSettings) -> list[dict[str, Any]]:
     """Every heartbeat of ``settings.group`` still in Redis (each ``{"consumer", "group", "at", "started"}``)."""
     keys = settings.keys
     names = [name async for name in redis.scan_iter(match=keys.heartbeat_pattern, count=1000)]
     beats: list[dict[str, Any]] = []
-    for raw in await redis.mget(names) if names else []:
+    # Heartbeats lie in any slot of a cluster: MGET there is one per slot (no atomicity is needed).
+    found = (await redis.mget_nonatomic(names) if is_cluster(redis) else await redis.mget(names)) if names else []
+    for raw in found:
         if raw is None:
             continue  # expired between SCAN and MGET
         try:
@@ -65,7 +69,7 @@ async def heartbeats(redis: Redis, settings: SubscriberSettings) -> list[dict[st
     return sorted(beats, key=lambda beat: str(beat.get("consumer")))
 
 
-async def sampler_summary(redis: Redis, settings: SubscriberSettings) -> dict[str, Any] | None:
+async def sampler_summary(redis: RedisClient, settings: SubscriberSettings) -> dict[str, Any] | None:
     """The consistency sampler's last summary (see :mod:`freshviews.worker.sampler`), None if it never ran."""
     raw = await redis.get(settings.keys.sampler)
     try:
@@ -75,10 +79,17 @@ async def sampler_summary(redis: Redis, settings: SubscriberSettings) -> dict[st
     return summary if isinstance(summary, dict) else None
 
 
-async def check(redis: Redis, settings: SubscriberSettings, *, consumer: str | None = None) -> Health:
+async def check(redis: RedisClient, settings: SubscriberSettings, *, consumer: str | None = None) -> Health:
     """The subscribers' health as ``freshviews check`` reports it."""
     now = time.time()
     health = Health()
+    health.details["redis_primaries"] = primaries(redis)
+    if is_cluster(redis):
+        # One master down is a slot range without a master: every change and view there waits for a failover.
+        try:
+            await ping_every_primary(redis)
+        except (RedisError, RedisClusterException, OSError) as exc:
+            health.problems.append(f"a Redis Cluster master does not answer: {describe(exc)}")
     beats = [b for b in await heartbeats(redis, settings) if consumer is None or b.get("consumer") == consumer]
     alive = [b for b in beats if now - float(b.get("at", 0)) <= settings.heartbeat_ttl]
     health.details["subscribers"] = [
@@ -119,7 +130,7 @@ async def check(redis: Redis, settings: SubscriberSettings, *, consumer: str | N
     return health
 
 
-async def _pglog(redis: Redis, settings: SubscriberSettings, health: Health, now: float) -> None:
+async def _pglog(redis: RedisClient, settings: SubscriberSettings, health: Health, now: float) -> None:
     assert settings.pglog_url is not None
     slot = settings.pglog_slot
     raw = await redis.get(settings.keys.pglog(slot))

@@ -17,9 +17,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from freshviews.core.clients import RedisClient
 from freshviews.core.events import FIELD, Change, ChangeDecodeError, decode
 from freshviews.core.views import Registry, ViewKey
 from freshviews.worker import metrics
@@ -71,7 +71,7 @@ class ChangeConsumer(Generic[Ctx]):
     def __init__(
         self,
         *,
-        redis: Redis,
+        redis: RedisClient,
         registry: Registry[Ctx],
         ctx: Ctx,
         recomputer: Recomputer[Ctx],
@@ -241,7 +241,7 @@ class ChangeConsumer(Generic[Ctx]):
                 await self._throttle.defer(later)
                 done.update(later)
                 outcome.deferred += len(later)
-            started = time.time()
+            started = time.monotonic()
             result = await self._recomputer.run(todo, trigger="change")
             if self._throttle is not None:
                 self._throttle.computed({k: todo[k] for k in result.outcomes}, started)

@@ -14,8 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from redis.asyncio import Redis
-
+from freshviews.core.clients import RedisClient, queue_time
 from freshviews.core.keys import FAILURE_ATTEMPTS, FAILURE_REASON, FAILURE_RETRY_AT, Keys
 
 #: Longest reason kept with a failure state, characters.
@@ -35,7 +34,7 @@ def reason_of(exc: BaseException) -> str:
 class FailureBook:
     """The failure states of keys, in Redis (shared by every subscriber and read by every app process)."""
 
-    def __init__(self, redis: Redis, keys: Keys, *, backoff: float, backoff_max: float) -> None:
+    def __init__(self, redis: RedisClient, keys: Keys, *, backoff: float, backoff_max: float) -> None:
         if backoff <= 0 or backoff_max < backoff:
             raise ValueError("backoff must be > 0 and backoff_max >= backoff")
         self._redis = redis
@@ -50,7 +49,7 @@ class FailureBook:
     async def states(self, view_keys: Sequence[str]) -> tuple[int, dict[str, FailureState]]:
         """Redis's clock now (ms) and the failure state of each key that has one; one round trip."""
         async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.time()
+            queue_time(pipe, self._keys.failure(view_keys[0]) if view_keys else self._keys.misses)
             for key in view_keys:
                 pipe.hmget(self._keys.failure(key), [FAILURE_ATTEMPTS, FAILURE_RETRY_AT])
             replies = await pipe.execute()

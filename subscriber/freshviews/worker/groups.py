@@ -17,9 +17,9 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from freshviews.core.clients import RedisClient
 from freshviews.core.connections import error_code
 from freshviews.worker.settings import SubscriberSettings
 
@@ -41,7 +41,7 @@ def group_gone(exc: BaseException) -> bool:
     return error_code(exc) in _GROUP_GONE
 
 
-async def ensure_group(redis: Redis, stream: str, group: str) -> bool:
+async def ensure_group(redis: RedisClient, stream: str, group: str) -> bool:
     """Create ``group`` on ``stream`` (and the stream) if missing; True when it had to be created.
 
     A new group starts at the beginning of what the stream retains: replaying is safe (recomputes are
@@ -69,7 +69,7 @@ class GroupReader:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         stream: str,
         settings: SubscriberSettings,
         *,

@@ -14,9 +14,9 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
+from freshviews.core.clients import RedisClient
 from freshviews.worker import metrics
 
 logger = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ return 0
 class Lease:
     """A lease on ``key`` for ``token``, ``ttl`` seconds long, renewed every third of it while :meth:`held`."""
 
-    def __init__(self, redis: Redis, key: str, token: str, *, ttl: float) -> None:
+    def __init__(self, redis: RedisClient, key: str, token: str, *, ttl: float) -> None:
         if ttl <= 0:
             raise ValueError("a lease needs a positive ttl")
         self._key = key
@@ -108,7 +108,7 @@ class Lease:
             await asyncio.sleep(period)
             try:
                 renewed = await self.renew()
-            except (RedisError, OSError) as exc:
+            except (RedisError, RedisClusterException, OSError) as exc:
                 if loop.time() < expires:
                     logger.info("sweep lease: renewal failed (%s); trying again", exc)
                     continue

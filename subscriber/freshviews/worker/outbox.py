@@ -11,8 +11,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
-from redis.asyncio import Redis
-
+from freshviews.core.clients import RedisClient
 from freshviews.core.settings import ConfigError
 from freshviews.worker.settings import SubscriberSettings
 
@@ -21,7 +20,7 @@ if TYPE_CHECKING:
 
 
 @asynccontextmanager
-async def outbox_relay(redis: Redis, settings: SubscriberSettings) -> AsyncIterator[Relay | None]:
+async def outbox_relay(redis: RedisClient, settings: SubscriberSettings) -> AsyncIterator[Relay | None]:
     """The relay of ``settings.outbox_url`` (None when there is none), its database engine closed on exit."""
     if not settings.outbox_url:
         yield None

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from redis.asyncio import Redis
-
+from freshviews.core.clients import RedisClient
 from freshviews.core.settings import ConfigError
 from freshviews.core.views import Registry
 from freshviews.worker.settings import SubscriberSettings
@@ -18,7 +17,7 @@ if TYPE_CHECKING:
     from freshviews.pglog.source import LogSource
 
 
-def log_source(redis: Redis, settings: SubscriberSettings, registry: Registry[Any] | None) -> LogSource | None:
+def log_source(redis: RedisClient, settings: SubscriberSettings, registry: Registry[Any] | None) -> LogSource | None:
     """The log source ``settings`` configure (None without ``FRESHVIEWS_PGLOG_URL``).
 
     The watched tables are ``FRESHVIEWS_PGLOG_TABLES``, else every entity ``registry``'s views depend on; a

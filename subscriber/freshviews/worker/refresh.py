@@ -21,8 +21,8 @@ from dataclasses import dataclass, fields
 from typing import Generic, TypeVar
 
 from prometheus_client import Counter
-from redis.asyncio import Redis
 
+from freshviews.core.clients import RedisClient
 from freshviews.core.keys import REFRESH_KEY
 from freshviews.core.views import InvalidKeyError, Registry, UnknownViewError, ViewKey
 from freshviews.worker.failures import FailureBook
@@ -63,7 +63,7 @@ class RefreshConsumer(Generic[Ctx]):
     def __init__(
         self,
         *,
-        redis: Redis,
+        redis: RedisClient,
         registry: Registry[Ctx],
         store: CacheStore,
         recomputer: Recomputer[Ctx],

@@ -28,8 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from redis.asyncio import Redis
-
+from freshviews.core.clients import RedisClient
 from freshviews.core.events import Change, ChangeDecodeError, decode
 from freshviews.core.keys import TOMBSTONE
 from freshviews.core.views import InvalidKeyError, Registry, UnknownViewError, View, ViewKey
@@ -88,7 +87,7 @@ class Sampler(Generic[Ctx]):
     def __init__(
         self,
         *,
-        redis: Redis,
+        redis: RedisClient,
         registry: Registry[Ctx],
         ctx: Ctx,
         store: CacheStore,
@@ -194,11 +193,12 @@ class Sampler(Generic[Ctx]):
 
     async def _decide(self, u: _Undecided) -> None:
         view, key = u.view_key.view, u.view_key.key
-        now = await self._store.stored(key)
+        # Asked before the stored value is read: a due recompute that lands in between then moves the fence.
         if self._throttle is not None and await self._throttle.is_due(key):
             # Its changes are applied and its recompute waits for the end of its view's minimum interval.
             self._count(view, Result.EXPLAINED)
             return
+        now = await self._store.stored(key)
         if now.fence != u.stored.fence or now.digest != u.stored.digest:
             # A recompute landed since the sample (every change committed before it is applied, and each one's
             # recompute takes a ticket above the stored fence): what differed was on its way.

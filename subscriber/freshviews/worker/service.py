@@ -24,9 +24,9 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Generic, TypeVar
 
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
+from freshviews.core.clients import RedisClient
 from freshviews.core.connections import RedisConfigError, check_redis, config_problem, describe, error_code, where
 from freshviews.core.views import Registry
 from freshviews.worker import metrics
@@ -70,7 +70,7 @@ class Subscriber(Generic[Ctx]):
     def __init__(
         self,
         *,
-        redis: Redis,
+        redis: RedisClient,
         registry: Registry[Ctx],
         ctx: Ctx,
         settings: SubscriberSettings,
@@ -93,7 +93,17 @@ class Subscriber(Generic[Ctx]):
         )
         # Changes and readers' refresh requests share one bound on recomputes: both land on the same backend.
         recomputer = Recomputer(self.store, ctx, concurrency=settings.concurrency)
-        self.throttle = Throttle(redis, self._keys, registry, settings.min_intervals, recomputer)
+        self.throttle = Throttle(
+            redis,
+            self._keys,
+            registry,
+            settings.min_intervals,
+            recomputer,
+            claim_batch=settings.concurrency,
+            max_attempts=settings.max_attempts,
+            dead_letter_maxlen=settings.dead_letter_maxlen,
+            consumer=settings.consumer,
+        )
         self.consumer = ChangeConsumer(
             redis=redis,
             registry=registry,
@@ -102,7 +112,7 @@ class Subscriber(Generic[Ctx]):
             settings=settings,
             on_group_lost=lambda: self._request_sweep("recover"),
             on_changes=lambda changes: self.sampler.on_changes(changes),
-            throttle=self.throttle if self.throttle.active else None,
+            throttle=self.throttle,
         )
         self.sampler = Sampler(
             redis=redis,
@@ -113,7 +123,7 @@ class Subscriber(Generic[Ctx]):
             reader=GroupReader(redis, self._keys.changes, settings),
             settings=settings,
             relay=relay,
-            throttle=self.throttle if self.throttle.active else None,
+            throttle=self.throttle,
         )
         self.refresher = RefreshConsumer(
             redis=redis, registry=registry, store=self.store, recomputer=recomputer, settings=settings
@@ -212,8 +222,7 @@ class Subscriber(Generic[Ctx]):
         """Burst mode: apply everything pending and new, then return the number of changes handled. Keys a
         minimum interval put off are recomputed at the end (a burst leaves nothing due behind)."""
         handled = await self.consumer.drain()
-        if self.throttle.active:
-            await self.throttle.run_due(float("inf"))
+        await self.throttle.run_due(everything=True)
         return handled
 
     async def run(self) -> None:
@@ -229,9 +238,9 @@ class Subscriber(Generic[Ctx]):
             "reclaim": self._reclaim_step,
             "sweep": self._sweep_step,
             "heartbeat": self._heartbeat_step,
+            # In every subscriber, intervals named or not: keys another one left due are recomputed all the same.
+            "due": self.throttle.step,
         }
-        if self.throttle.active:
-            loops["due"] = self.throttle.step
         if self._settings.sample_rate > 0:
             loops["sample"] = self._sample_step
         try:
@@ -271,7 +280,7 @@ class Subscriber(Generic[Ctx]):
         while not self._stop.is_set():
             try:
                 await step()
-            except (RedisError, OSError) as exc:
+            except (RedisError, RedisClusterException, OSError) as exc:
                 # A refusal (a revoked permission, a password Redis no longer accepts) does not go away by retrying.
                 if error_code(exc) and (problem := config_problem(exc, self._redis)) is not None:
                     logger.error("%s loop: %s", name, problem)

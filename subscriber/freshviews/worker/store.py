@@ -1,10 +1,15 @@
 """Versioned writes of computed views into Redis: the version fence lives here.
 
-Every recompute takes a *ticket* before it reads the source of truth: ``max(Redis TIME in µs, fence + 1)``.
-Its result is written by one Lua script on the view's one hash, only if the ticket is above the
-hash's fence (the ticket of the newest recompute applied so far). So a recompute that started earlier can
+Every recompute takes a *ticket* before it reads the source of truth: ``max(Redis TIME in µs, fence + 1,
+issued + 1)``, computed by a script on the view's own node, which records it as the highest ticket issued for
+the key (``Keys.issued``, kept for ``ISSUED_TTL_MS`` after the last). Its result is written by one Lua script
+on the view's hash, only if the ticket is above the hash's fence (the ticket of the newest recompute applied so
+far). So a recompute that started earlier can
 never overwrite one that started later, and the stored version never decreases, even across several
-subscribers or a stepped clock. Tickets come from Redis's clock, so every subscriber shares one clock.
+subscribers or a stepped clock. Tickets come from the clock of the Redis holding the key, so every subscriber
+shares one clock per key; on a Redis Cluster, a failover onto a replica whose clock is behind cannot hand out a
+lower ticket either (the replica has the key's issued ticket and fence: what asynchronous replication delivered
+before the failover). Versions of keys on different nodes compare only to within the clocks' skew.
 
 Why this is enough for freshness: a change is published after its commit, so the recompute it triggers
 takes its ticket after the commit and reads the source after that; its ticket is above every ticket taken
@@ -19,21 +24,46 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
-from redis.asyncio import Redis
-
+from freshviews.core.clients import RedisClient, queue_script
 from freshviews.core.keys import DIGEST, FENCE, TOMBSTONE, VERSION, Keys
 
-# KEYS[1]: the view's hash.  ARGV: ticket, digest ("-" for a tombstone), data, channel, view key, tombstone ttl,
-# negative ttl. Returns 1 written, 2 written as a negative entry, 0 unchanged (the fence still advances), -1 fenced
-# (a newer recompute already landed).
+# KEYS[1]: the view's hash, KEYS[2]: its issued ticket (one slot: the same hash tag).  ARGV: how long (ms) the
+# issued ticket is kept. Returns a ticket above this node's clock, the key's fence and every ticket issued for the
+# key within that time, and records it. A number goes back, and a string is stored: Lua's own formatting of a
+# 16-digit number would be 1.7e+15.
+_TICKET_LUA = """
+local now = redis.call('TIME')
+local ticket = tonumber(now[1]) * 1000000 + tonumber(now[2])
+local fence = tonumber(redis.call('HGET', KEYS[1], 'f') or '0')
+local issued = tonumber(redis.call('GET', KEYS[2]) or '0')
+if fence >= ticket then
+  ticket = fence + 1
+end
+if issued >= ticket then
+  ticket = issued + 1
+end
+redis.call('SET', KEYS[2], string.format('%d', ticket), 'PX', tonumber(ARGV[1]))
+return ticket
+"""
+# KEYS[1]: the view's hash, KEYS[2]: its issued ticket.  ARGV: ticket, digest ("-" for a tombstone), data,
+# channel, view key, tombstone ttl, negative ttl. Returns 1 written, 2 written as a negative entry, 0 unchanged
+# (the fence still advances), -1 fenced (a newer recompute already landed).
 #
 # "Not found" for a key that never held a value is a negative entry: a tombstone marked 'n' that lasts only the
 # negative ttl. A real deletion (the key held a value) keeps the long tombstone, whose fence keeps an older
 # recompute from resurrecting the row (invariant 4); a negative entry fences nothing that ever was.
+#
+# KEYS[2]: the key's issued ticket. Once the fence reaches it, the fence alone keeps every later ticket above it,
+# so it is deleted: an issued ticket is kept only while a higher one than the fence is out (a recompute in flight,
+# or one that failed), and a flood of keys that are each computed once leaves nothing behind but what the
+# negative entries' cap bounds.
 _WRITE_LUA = """
 local fence = tonumber(redis.call('HGET', KEYS[1], 'f') or '0')
 if tonumber(ARGV[1]) <= fence then
   return -1
+end
+if tonumber(ARGV[1]) >= tonumber(redis.call('GET', KEYS[2]) or '0') then
+  redis.call('DEL', KEYS[2])
 end
 local current = redis.call('HGET', KEYS[1], 'h')
 if current == ARGV[2] then
@@ -90,6 +120,10 @@ return 0
 
 #: What the write script returns for a "not found" kept as a negative entry (a WRITTEN outcome to callers).
 NEGATIVE_WRITE = 2
+#: How long a key's highest issued ticket is kept after its last ticket, unless a write reaches it first: far
+#: longer than any recompute (and a failover), so that every ticket that could still be written counts; after
+#: it, the fence alone bounds the next.
+ISSUED_TTL_MS = 600_000
 
 
 class WriteOutcome(IntEnum):
@@ -132,7 +166,7 @@ class CacheStore:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         keys: Keys,
         *,
         tombstone_ttl: int = 86_400,
@@ -146,6 +180,7 @@ class CacheStore:
         self._tombstone_ttl = tombstone_ttl
         self._negative_ttl = negative_ttl
         self._negative_max = negative_max
+        self._ticket = redis.register_script(_TICKET_LUA)
         self._write = redis.register_script(_WRITE_LUA)
         self._record_misses = redis.register_script(_RECORD_MISSES_LUA)
         self._evict_negative = redis.register_script(_EVICT_NEGATIVE_LUA)
@@ -155,13 +190,12 @@ class CacheStore:
         if not view_keys:
             return []
         async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.time()
             for key in view_keys:
-                pipe.hget(self._keys.value(key), FENCE)
-            replies = await pipe.execute()
-        seconds, micros = replies[0]
-        now = int(seconds) * 1_000_000 + int(micros)
-        return [max(now, int(fence or 0) + 1) for fence in replies[1:]]
+                await queue_script(pipe, self._ticket, self._ticket_keys(key), [ISSUED_TTL_MS])
+            return [int(ticket) for ticket in await pipe.execute()]
+
+    def _ticket_keys(self, view_key: str) -> list[str]:
+        return [self._keys.value(view_key), self._keys.issued(view_key)]
 
     async def write(self, writes: Sequence[PendingWrite]) -> list[WriteOutcome]:
         """Apply fenced writes; each publishes an update notification when the stored value changed."""
@@ -174,7 +208,7 @@ class CacheStore:
                     args = [w.ticket, TOMBSTONE, b"", self._keys.updates_channel, w.key, self._tombstone_ttl]
                 else:
                     args = [w.ticket, digest(w.data), w.data, self._keys.updates_channel, w.key, 0]
-                await self._write(keys=[self._keys.value(w.key)], args=[*args, self._negative_ttl], client=pipe)
+                await queue_script(pipe, self._write, self._ticket_keys(w.key), [*args, self._negative_ttl])
             replies = await pipe.execute()
         negatives = [w.key for w, reply in zip(writes, replies, strict=True) if int(reply) == NEGATIVE_WRITE]
         if negatives:
@@ -191,18 +225,16 @@ class CacheStore:
         if evicted:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for key in evicted:
-                    await self._evict_negative(keys=[self._keys.value(key.decode())], client=pipe)
+                    await queue_script(pipe, self._evict_negative, [self._keys.value(key.decode())])
                 await pipe.execute()
 
     async def stored(self, view_key: str) -> Stored:
         """A ticket for ``view_key`` and what Redis holds for it now, in one round trip."""
         async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.time()
+            await queue_script(pipe, self._ticket, self._ticket_keys(view_key), [ISSUED_TTL_MS])
             pipe.hmget(self._keys.value(view_key), [DIGEST, VERSION, FENCE])
-            (seconds, micros), (found, version, fence) = await pipe.execute()
-        now = int(seconds) * 1_000_000 + int(micros)
-        fence = int(fence or 0)
-        return Stored(ticket=max(now, fence + 1), digest=found, version=int(version or 0), fence=fence)
+            ticket, (found, version, fence) = await pipe.execute()
+        return Stored(ticket=int(ticket), digest=found, version=int(version or 0), fence=int(fence or 0))
 
     async def digests(self, view_keys: Sequence[str]) -> list[bytes | None]:
         async with self._redis.pipeline(transaction=False) as pipe:

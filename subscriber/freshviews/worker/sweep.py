@@ -16,9 +16,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Generic, TypeVar
 
-from redis.asyncio import Redis
 from redis.typing import EncodableT, FieldT
 
+from freshviews.core.clients import RedisClient
 from freshviews.core.keys import TOMBSTONE
 from freshviews.core.views import InvalidKeyError, Registry, UnknownViewError, ViewKey
 from freshviews.worker import metrics
@@ -82,7 +82,7 @@ class Sweeper(Generic[Ctx]):
     def __init__(
         self,
         *,
-        redis: Redis,
+        redis: RedisClient,
         registry: Registry[Ctx],
         ctx: Ctx,
         store: CacheStore,
