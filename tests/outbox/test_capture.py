@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, delete, select, update
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy import create_engine, delete, event, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from freshviews.core import Change
@@ -180,3 +180,88 @@ def test_sync_sessions_are_captured_too(tmp_path: Path) -> None:
         engine.dispose()
     assert [json.loads(s)["a"] for s in stored] == [{"id": 5, "color": "green", "owner_id": None}]
     assert commits.count == 1
+
+
+@pytest.fixture
+async def savepoint_engine(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
+    """SQLite with real savepoints: pysqlite's own transaction handling is turned off and SQLAlchemy emits BEGIN
+    (SQLAlchemy's documented recipe), so ``begin_nested()`` is a SAVEPOINT the database honours."""
+    engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'savepoints.db'}")
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN")
+
+    async with engine.begin() as conn:
+        await conn.run_sync(Base.metadata.create_all)
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
+
+
+async def _stored(engine: AsyncEngine) -> list[OutboxRow]:
+    async with engine.connect() as conn:
+        return [(i, c) for i, c in (await conn.execute(select(OUTBOX.c.id, OUTBOX.c.change).order_by(OUTBOX.c.id)))]
+
+
+async def test_a_released_savepoint_hands_nothing_over_until_the_transaction_commits(
+    savepoint_engine: AsyncEngine,
+) -> None:
+    sessions = async_sessionmaker(savepoint_engine, expire_on_commit=False)
+    commits = Commits()
+    tracking = track(sessions, REGISTRY, table=OUTBOX, on_commit=commits)
+    try:
+        async with sessions() as session:
+            session.add(Item(id=1, name="one", color="red"))
+            async with session.begin_nested():
+                session.add(Item(id=2, name="two", color="blue"))
+            # The savepoint is released, the transaction is not committed: nothing may reach the log yet.
+            assert commits.count == 0
+            await session.commit()
+    finally:
+        tracking.remove()
+    assert commits.count == 1
+    assert commits.rows == await _stored(savepoint_engine)
+    assert len(commits.rows) == 2
+
+
+async def test_a_rolled_back_savepoint_takes_its_rows_out_of_the_hand_over(savepoint_engine: AsyncEngine) -> None:
+    sessions = async_sessionmaker(savepoint_engine, expire_on_commit=False)
+    commits = Commits()
+    tracking = track(sessions, REGISTRY, table=OUTBOX, on_commit=commits)
+    try:
+        async with sessions() as session:
+            session.add(Item(id=3, name="three", color="red"))
+            await session.flush()
+            savepoint = await session.begin_nested()
+            session.add(Item(id=4, name="four", color="green"))
+            async with session.begin_nested():  # a savepoint inside the one rolled back goes with it
+                session.add(Item(id=5, name="five", color="blue"))
+            await savepoint.rollback()
+            await session.commit()
+    finally:
+        tracking.remove()
+    # Exactly what was committed: item 3, with the id it has in the table (a rolled-back row's id is reused by
+    # SQLite, so handing a phantom over would name another row).
+    assert commits.rows == await _stored(savepoint_engine)
+    assert [decode({FIELD: c.encode()}).id for _, c in commits.rows] == ["3"]
+
+
+async def test_a_session_closed_without_committing_hands_nothing_over_later(
+    engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession], commits: Commits, capture: Capture
+) -> None:
+    session = sessions()
+    session.add(Item(id=6, name="six", color="red"))
+    await session.flush()
+    await session.close()  # rolled back by the database; no rollback event
+    # The same session, used again (close() leaves it usable).
+    session.add(Item(id=7, name="seven", color="red"))
+    await session.commit()
+    await session.close()
+    assert commits.rows == await _stored(engine)
+    assert [decode({FIELD: c.encode()}).id for _, c in commits.rows] == ["7"]

@@ -35,7 +35,15 @@ from prometheus_client import Counter
 from sqlalchemy import Table, event, insert, inspect, select, text, tuple_
 from sqlalchemy.engine import Result
 from sqlalchemy.ext.asyncio import async_sessionmaker
-from sqlalchemy.orm import InstanceState, Mapper, ORMExecuteState, Session, UOWTransaction, sessionmaker
+from sqlalchemy.orm import (
+    InstanceState,
+    Mapper,
+    ORMExecuteState,
+    Session,
+    SessionTransaction,
+    UOWTransaction,
+    sessionmaker,
+)
 
 from freshviews.core.events import Operation, encode_change
 from freshviews.core.views import Registry
@@ -113,6 +121,7 @@ class Capture:
             ("do_orm_execute", self._do_orm_execute),
             ("after_commit", self._after_commit),
             ("after_soft_rollback", self._after_rollback),
+            ("after_transaction_end", self._after_transaction_end),
         ]
 
     # -- what to record ----------------------------------------------------------------------------------
@@ -240,12 +249,19 @@ class Capture:
         connection = session.connection()
         values = [{"change": r["change"], "created_ms": r["created_ms"]} for r in rows]
         if self.on_commit is not None:
-            # The ids come back in the order of the rows (one statement: SQLAlchemy's insertmanyvalues), so the
-            # relay of this process can send them from memory after the commit, without reading the table.
-            returning = insert(self.table).returning(self.table.c.id, sort_by_parameter_order=True)
-            ids = connection.execute(returning, values).scalars().all()
-            pending: list[OutboxRow] = session.info.setdefault(_PENDING, [])
-            pending.extend(zip(ids, (r["change"] for r in rows), strict=True))
+            # Each row is kept with the savepoint it was written in (None: the transaction itself), so that a
+            # savepoint rolled back takes its rows out of what the commit hands over.
+            savepoint = session.get_nested_transaction()
+            pending: list[_Pending] = session.info.setdefault(_PENDING, [])
+            if connection.dialect.insert_executemany_returning_sort_by_parameter_order:
+                # The ids come back in the order of the rows (one statement: SQLAlchemy's insertmanyvalues), so
+                # the relay of this process can send them from memory after the commit, without reading the table.
+                returning = insert(self.table).returning(self.table.c.id, sort_by_parameter_order=True)
+                ids: Sequence[int | None] = connection.execute(returning, values).scalars().all()
+            else:  # no INSERT ... RETURNING here: the relay passes over the table instead
+                connection.execute(insert(self.table), values)
+                ids = [None] * len(rows)
+            pending.extend((savepoint, row_id, r["change"]) for row_id, r in zip(ids, rows, strict=True))
         else:
             connection.execute(insert(self.table), values)
             if connection.dialect.name == "postgresql" and not session.info.get(_NOTIFIED):
@@ -256,15 +272,44 @@ class Capture:
             CHANGES_CAPTURED.labels(row["entity"]).inc()
 
     def _after_commit(self, session: Session) -> None:
-        captured = session.info.pop(_PENDING, None)
+        if session.get_nested_transaction() is not None:
+            return  # a savepoint released: its rows are the enclosing transaction's now, not committed yet
+        captured: list[_Pending] | None = session.info.pop(_PENDING, None)
         session.info.pop(_NOTIFIED, None)
         if captured and self.on_commit is not None:
-            self.on_commit(captured)
+            rows = [(row_id, change) for _, row_id, change in captured if row_id is not None]
+            # Rows without their ids (no RETURNING): an empty hand-over, which has the relay pass over the table.
+            self.on_commit(rows if len(rows) == len(captured) else [])
 
-    def _after_rollback(self, session: Session, _previous: Any) -> None:
-        if not session.in_transaction():
+    def _after_rollback(self, session: Session, previous: SessionTransaction) -> None:
+        if previous.nested:
+            # The savepoint's rows (and those of savepoints inside it) are gone; a NOTIFY in it is discarded too.
+            pending: list[_Pending] = session.info.get(_PENDING, [])
+            pending[:] = [p for p in pending if not _within(p[0], previous)]
+            session.info.pop(_NOTIFIED, None)
+            return
+        session.info.pop(_PENDING, None)
+        session.info.pop(_NOTIFIED, None)
+
+    def _after_transaction_end(self, session: Session, transaction: SessionTransaction) -> None:
+        if transaction.parent is None:
+            # The transaction is over without a commit having taken its rows (closed, or expunged): they are not
+            # committed, so nothing is handed over; the next transaction starts clean.
             session.info.pop(_PENDING, None)
             session.info.pop(_NOTIFIED, None)
+
+
+#: A row written and not committed yet: the savepoint it was written in, its id (None without RETURNING), the change.
+_Pending = tuple["SessionTransaction | None", "int | None", str]
+
+
+def _within(savepoint: SessionTransaction | None, ancestor: SessionTransaction) -> bool:
+    """Whether ``savepoint`` is ``ancestor`` or inside it."""
+    while savepoint is not None:
+        if savepoint is ancestor:
+            return True
+        savepoint = savepoint.parent
+    return False
 
 
 def track(
