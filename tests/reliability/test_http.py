@@ -33,8 +33,9 @@ EXAMPLES = int(os.environ.get("FRESHVIEWS_FUZZ_EXAMPLES", "20"))
 HOSTILE_KEYS = [
     "*",
     "%2e%2e",
-    "%2e%2e/fv:changes",
-    "fv:changes",
+    "%2e%2e/fv:{changes}",
+    "fv:{changes}",
+    "fv:%7Bchanges%7D",
     "fv:v:{stats/global}",
     "stats/*",
     "stats/global/%2e%2e",
