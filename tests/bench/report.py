@@ -95,7 +95,7 @@ def _derived_lines(ax: Any, load: dict[str, Any]) -> None:
 
 
 def plots(results: dict[str, Any], out: Path) -> list[Path]:
-    """The four plots; none (and no error) when matplotlib is not installed."""
+    """The plots; none (and no error) when matplotlib is not installed."""
     try:
         import matplotlib
 
@@ -105,7 +105,12 @@ def plots(results: dict[str, Any], out: Path) -> list[Path]:
         return []
     made: list[Path] = []
     benchmarks = results["benchmarks"]
-    label = {"naive": "naive (/api on every poll)", "warmer": "timed warmer (sweep only)", "change": "change-driven"}
+    label = {
+        "naive": "naive (/api on every poll)",
+        "warmer": "timed warmer (sweep only)",
+        "change": "change-driven",
+        "throttled": "change-driven, stats at most 1/s",
+    }
     load = benchmarks.get("load", {})
     if load.get("status") == "ok":
         for key, ylabel, name in (
@@ -141,7 +146,8 @@ def plots(results: dict[str, Any], out: Path) -> list[Path]:
                 samples = sorted(r["staleness_samples_ms"])
                 if samples:
                     ys = [(i + 1) / len(samples) for i in range(len(samples))]
-                    ax.step([max(s, 0.1) for s in samples], ys, where="post", label=f"{label[system]}, {rate} writes/s")
+                    name = label.get(system, system)
+                    ax.step([max(s, 0.1) for s in samples], ys, where="post", label=f"{name}, {rate} writes/s")
         ax.set_xscale("log")
         ax.set_xlabel("commit -> readable in the cache (ms)")
         ax.set_ylabel("fraction of writes")
@@ -152,6 +158,28 @@ def plots(results: dict[str, Any], out: Path) -> list[Path]:
         fig.savefig(out / "freshness_cdf.png", dpi=110)
         plt.close(fig)
         made.append(out / "freshness_cdf.png")
+    ttl = benchmarks.get("ttl", {})
+    if ttl.get("status") == "ok":
+        # Each system at each N: what it costs the database against how stale a polled page is.
+        fig, ax = plt.subplots(figsize=(6.4, 4.2))
+        for system, data in ttl["results"].items():
+            for w in data["windows"]:
+                x, y = w["probe"]["staleness_p50_ms"], w["queries_per_min"]
+                if x is None:
+                    continue
+                marker = "o" if data["ttl_s"] is None else "s"
+                ax.scatter([max(x, 0.1)], [max(y, 1.0)], marker=marker, label=f"{system}, N={w['clients']}")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("median staleness of a polled page after a write (ms)")
+        ax.set_ylabel("database queries per minute")
+        ax.set_title("freshviews against TTL caches")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / "ttl_tradeoff.png", dpi=110)
+        plt.close(fig)
+        made.append(out / "ttl_tradeoff.png")
     fan = benchmarks.get("fanout", {})
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     if fan.get("status") == "ok" and fan.get("results"):
