@@ -164,7 +164,7 @@ def plots(results: dict[str, Any], out: Path) -> list[Path]:
         fig, ax = plt.subplots(figsize=(6.4, 4.2))
         for system, data in ttl["results"].items():
             for w in data["windows"]:
-                x, y = w["probe"]["staleness_p50_ms"], w["queries_per_min"]
+                x, y = w["probe"]["staleness_p50_ms"], w.get("queries_per_min_with_sweep", w["queries_per_min"])
                 if x is None:
                     continue
                 marker = "o" if data["ttl_s"] is None else "s"
