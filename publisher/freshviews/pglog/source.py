@@ -125,6 +125,9 @@ class LogSource:
                     await self._sleep(delay)
                     delay = min(delay * 2, RETRY_MAX)
         finally:
+            # Stopped first: a cancellation can be lost inside a Redis call (asyncio.wait_for on Python 3.11), and
+            # then the status loop would go on forever; its own condition ends it at its next step instead.
+            self._stopped.set()
             status.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await status
