@@ -232,7 +232,7 @@ async def _system(system: System, config: Config) -> dict[str, Any]:
 
 
 def _clients(config: Config) -> tuple[int, ...]:
-    # The N = 100 and 1,000 (full); quick mode keeps its own small loads.
+    # N = 100 and 1,000 in a full run; quick mode keeps its own small loads.
     return (100, 1000) if not config.quick else (max(config.load_clients),)
 
 
